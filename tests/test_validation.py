@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface._validation import check_embeddings, check_labels, check_scalar
+
+
+@pytest.mark.parametrize("bad", [True, "1", None, [1.0]])
+def test_check_scalar_rejects_non_numbers(bad):
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        check_scalar(bad, "margin")
+
+
+def test_check_scalar_integer_rejects_float():
+    with pytest.raises(TypeError, match="k must be an int, got float 2.0"):
+        check_scalar(2.0, "k", integer=True)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_check_scalar_rejects_non_finite(bad):
+    with pytest.raises(ValueError, match="scale must be finite"):
+        check_scalar(bad, "scale")
+
+
+@given(st.floats(-10, 10), st.floats(-10, 10), st.floats(-10, 10))
+def test_check_scalar_bounds_agree_with_comparisons(v, a, b):
+    low, high = min(a, b), max(a, b)
+    inside_closed = low <= v <= high
+    inside_open = low < v < high
+    if inside_closed:
+        check_scalar(v, "x", low=low, high=high)
+    else:
+        with pytest.raises(ValueError, match=r"x must be in \["):
+            check_scalar(v, "x", low=low, high=high)
+    if inside_open:
+        check_scalar(v, "x", low=low, high=high, low_inclusive=False, high_inclusive=False)
+    else:
+        with pytest.raises(ValueError, match=r"x must be in \("):
+            check_scalar(v, "x", low=low, high=high, low_inclusive=False, high_inclusive=False)
+
+
+def test_check_embeddings_messages():
+    with pytest.raises(TypeError, match="embeddings must be a torch.Tensor, got list"):
+        check_embeddings([[1.0]])
+    with pytest.raises(TypeError, match="floating-point dtype, got torch.int64"):
+        check_embeddings(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(batch, dim\), got shape \(3,\)"):
+        check_embeddings(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"non-empty, got shape \(0, 4\)"):
+        check_embeddings(torch.zeros(0, 4))
+    x = torch.zeros(2, 3)
+    assert check_embeddings(x) is x
+
+
+def test_check_labels_messages():
+    with pytest.raises(TypeError, match="integer dtype, got torch.float32"):
+        check_labels(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"one entry per embedding \(4\), got 3"):
+        check_labels(torch.zeros(3, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match=r"\[0, num_classes=5\), got a label 5"):
+        check_labels(torch.tensor([0, 5]), 2, num_classes=5)
+    with pytest.raises(ValueError, match=r"got a label -1"):
+        check_labels(torch.tensor([-1, 2]), 2, num_classes=5)
+    y = torch.tensor([0, 4])
+    assert check_labels(y, 2, num_classes=5) is y
