@@ -13,6 +13,16 @@ from metricface.losses.functional import (
     margin_cross_entropy,
     subcenter_max,
 )
+from metricface.losses.margin import (
+    AdaFaceLoss,
+    ArcFaceLoss,
+    CombinedMarginLoss,
+    CosFaceLoss,
+    MarginSoftmaxLoss,
+    NormSoftmaxLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+)
 
 __all__: list[str] = []
 __all__ += ["functional"]
@@ -26,3 +36,11 @@ __all__ += ["SphereFaceMargin"]
 __all__ += ["apply_margin"]
 __all__ += ["margin_cross_entropy"]
 __all__ += ["subcenter_max"]
+__all__ += ["AdaFaceLoss"]
+__all__ += ["ArcFaceLoss"]
+__all__ += ["CombinedMarginLoss"]
+__all__ += ["CosFaceLoss"]
+__all__ += ["MarginSoftmaxLoss"]
+__all__ += ["NormSoftmaxLoss"]
+__all__ += ["SphereFaceLoss"]
+__all__ += ["SubCenterArcFaceLoss"]
