@@ -5,5 +5,12 @@ deterministic by seed and epoch and correct under DDP.
 """
 
 from metricface.samplers.identity import IdentityBatchSampler
+from metricface.samplers.pairs import PairDataset, PairSampler
+from metricface.samplers.triplets import DistortedTripletDataset
 
-__all__: list[str] = ["IdentityBatchSampler"]
+__all__: list[str] = [
+    "DistortedTripletDataset",
+    "IdentityBatchSampler",
+    "PairDataset",
+    "PairSampler",
+]
