@@ -276,6 +276,7 @@ def _ddp_worker(rank, world_size, labels):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_gloo_ranks_get_disjoint_batches_of_equal_count():
     results = run_distributed(_ddp_worker, world_size=2, args=(LABELS_DDP,))

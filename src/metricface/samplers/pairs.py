@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Sampler
 
 from metricface._validation import check_scalar
@@ -115,8 +116,7 @@ class PairSampler(Sampler[tuple[int, int, int]]):
         return self._per_rank
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        for i, j, same in self.epoch_pairs().tolist():
-            yield i, j, same
+        yield from map(tuple, self.epoch_pairs().tolist())
 
     def epoch_pairs(self, epoch: int | None = None) -> np.ndarray:
         """This rank's pairs of an epoch.
@@ -189,13 +189,12 @@ class PairDataset(Dataset):
                 f"PairDataset is indexed by (i, j, same) triples from a PairSampler, got {pair!r}"
             ) from None
         first, second = self.dataset[i], self.dataset[j]
-        if self.check_labels:
-            if int(first[1] == second[1]) != int(same):
-                raise ValueError(
-                    f"pair ({i}, {j}, same={same}) disagrees with the dataset's labels "
-                    f"{first[1]!r} and {second[1]!r}: were the sampler's labels built from "
-                    "this dataset?"
-                )
+        if self.check_labels and int(first[1] == second[1]) != int(same):
+            a, b = (x.item() if isinstance(x, torch.Tensor) else x for x in (first[1], second[1]))
+            raise ValueError(
+                f"pair ({i}, {j}, same={same}) disagrees with the dataset's labels {a!r} and "
+                f"{b!r}: were the sampler's labels built from this dataset?"
+            )
         return first[0], second[0], int(same)
 
     def __len__(self) -> int:

@@ -146,7 +146,7 @@ class DistortedTripletDataset(Dataset):
         if isinstance(item, (tuple, list)) and len(item) >= 2:
             if int(item[1]) != self._labels[index]:
                 raise ValueError(
-                    f"dataset item {index} has label {item[1]!r} but labels[{index}] is "
+                    f"dataset item {index} has label {int(item[1])} but labels[{index}] is "
                     f"{int(self._labels[index])}: were the labels built from this dataset?"
                 )
             return item[0]
