@@ -1,3 +1,11 @@
 """Losses: margin softmax over class centers, sharded class-center training, contrastive and triplet losses."""
 
-__all__: list[str] = []
+from metricface.losses.multi_similarity import MultiSimilarityLoss
+from metricface.losses.pair import ContrastiveLoss
+from metricface.losses.triplet import TripletMarginLoss
+
+__all__: list[str] = [
+    "ContrastiveLoss",
+    "MultiSimilarityLoss",
+    "TripletMarginLoss",
+]
