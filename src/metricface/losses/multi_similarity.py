@@ -2,7 +2,8 @@
 Weighting for Deep Metric Learning").
 
 Defaults reproduce pytorch-metric-learning's ``MultiSimilarityLoss()``: cosine similarity,
-``alpha=2``, ``beta=50``, ``base=0.5``, averaged over the anchors whose loss is non-zero.
+``alpha=2``, ``beta=50``, ``base=0.5``, averaged over *all* anchors (the peer's default
+reducer for this loss is a plain mean, not the mean over non-zero terms).
 Memory O(B * R). As for the contrastive loss, a mined tuple whose index tensors each hold at
 most one entry gives its actual loss (the peer returns 0 there).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from metricface._validation import check_scalar
-from metricface.losses._tuple_loss import TupleLoss, mean_nonzero
+from metricface.losses._tuple_loss import TupleLoss
 from metricface.miners._tuples import to_pairs
 
 __all__ = ["MultiSimilarityLoss"]
@@ -32,7 +33,7 @@ class MultiSimilarityLoss(TupleLoss):
         \frac{1}{\alpha}\log\Big(1 + \sum_{p} e^{-\alpha (S_{ap} - \lambda)}\Big)
         + \frac{1}{\beta}\log\Big(1 + \sum_{n} e^{\beta (S_{an} - \lambda)}\Big)
 
-    averaged over anchors with a non-zero loss (``lambda`` is ``base``). With
+    averaged over all ``B`` anchors, including those with no pair (``lambda`` is ``base``). With
     ``distance="euclidean"`` the signs flip (``D - base`` for positives, ``base - D`` for
     negatives).
 
@@ -74,7 +75,8 @@ class MultiSimilarityLoss(TupleLoss):
         sign = self.margin_sign()
         pos_loss = _log1p_sum_exp(self.alpha * sign * (mat - self.base), pos) / self.alpha
         neg_loss = _log1p_sum_exp(self.beta * sign * (self.base - mat), neg) / self.beta
-        return [mean_nonzero(pos_loss + neg_loss)]
+        rows = pos_loss + neg_loss
+        return [(rows.sum(), torch.tensor(rows.numel(), device=rows.device))]
 
     def _groups_from_tuple(self, mat, indices_tuple, embeddings, ref_emb):
         a1, p, a2, n = to_pairs(indices_tuple)

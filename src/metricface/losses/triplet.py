@@ -12,16 +12,15 @@ Here:
   each positive pair the violating negatives are a prefix of that order, so their count and the
   sum of their distances come from a binary search and a cumulative sum. Memory and gradient
   memory O(B * R), time O(B * R * log R);
-* ``swap`` or ``smooth_loss``: the terms are summed in chunks of positive pairs under
-  :func:`torch.utils.checkpoint.checkpoint`, so the backward pass recomputes each chunk instead
-  of storing it. Memory O(chunk_elements + B * R).
+* ``swap`` or ``smooth_loss``: the terms are summed in chunks of positive pairs by a custom
+  autograd function whose backward pass recomputes each chunk instead of storing it. Memory
+  O(chunk_elements + B * R).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from metricface._validation import check_scalar
 from metricface.distances import pairwise_matrix
@@ -133,30 +132,65 @@ class TripletMarginLoss(TupleLoss):
         """Sum and count of the non-zero terms over all triplets, chunk by chunk."""
         a_all, p_all = pos.nonzero(as_tuple=True)
         step = max(1, self.chunk_elements // dis.shape[1])
-        total = dis.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=dis.device)
-
-        def block(d, rd, a, p):
-            d_an = d[a]
-            if self.swap:
-                d_an = torch.minimum(d_an, rd[p])
-            terms = self._terms(d[a, p].unsqueeze(1) - d_an + self.margin)
-            keep = neg[a] & (terms > 0)
-            return torch.where(keep, terms, torch.zeros_like(terms)).sum(), keep.sum()
-
-        recompute = torch.is_grad_enabled() and (dis.requires_grad or ref_dis.requires_grad)
-        for start in range(0, a_all.numel(), step):
-            a, p = a_all[start : start + step], p_all[start : start + step]
-            if recompute:
-                s, c = checkpoint(block, dis, ref_dis, a, p, use_reentrant=False)
-            else:
-                s, c = block(dis, ref_dis, a, p)
-            total = total + s
-            count = count + c
+        total, count = _ChunkedTripletSum.apply(dis, ref_dis, neg, a_all, p_all, step, self)
         return total, count
+
+    def _block(self, d_ap, d_an, d_pn, neg_rows):
+        """Sum and count of the non-zero terms of a ``(K, R)`` block of triplets."""
+        if self.swap:
+            d_an = torch.minimum(d_an, d_pn)
+        terms = self._terms(d_ap.unsqueeze(1) - d_an + self.margin)
+        keep = neg_rows & (terms > 0)
+        return torch.where(keep, terms, torch.zeros_like(terms)).sum(), keep.sum()
 
     def extra_repr(self) -> str:
         return (
             f"margin={self.margin}, swap={self.swap}, smooth_loss={self.smooth_loss}, "
             f"distance={self.distance!r}"
         )
+
+
+class _ChunkedTripletSum(torch.autograd.Function):
+    """Sum of triplet terms over every (positive pair, negative), recomputed in backward.
+
+    Forward keeps nothing but its inputs; backward re-scores one chunk of positive pairs at a
+    time and scatters the chunk's gradient into ``(B, R)`` buffers, so memory never exceeds
+    one chunk plus the distance matrices.
+    """
+
+    @staticmethod
+    def forward(ctx, dis, ref_dis, neg, a_all, p_all, step, loss):  # type: ignore[override]
+        total = dis.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=dis.device)
+        for start in range(0, a_all.numel(), step):
+            a, p = a_all[start : start + step], p_all[start : start + step]
+            s, c = loss._block(dis[a, p], dis[a], ref_dis[p], neg[a])
+            total += s
+            count += c
+        ctx.save_for_backward(dis, ref_dis, neg, a_all, p_all)
+        ctx.step, ctx.loss = step, loss
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_count):  # type: ignore[override]
+        dis, ref_dis, neg, a_all, p_all = ctx.saved_tensors
+        grad_dis = torch.zeros_like(dis)
+        grad_ref = torch.zeros_like(ref_dis)
+        for start in range(0, a_all.numel(), ctx.step):
+            a, p = a_all[start : start + ctx.step], p_all[start : start + ctx.step]
+            with torch.enable_grad():
+                d_ap = dis[a, p].detach().requires_grad_(True)
+                d_an = dis[a].detach().requires_grad_(True)
+                d_pn = ref_dis[p].detach().requires_grad_(True)
+                s, _ = ctx.loss._block(d_ap, d_an, d_pn, neg[a])
+                g_ap, g_an, g_pn = torch.autograd.grad(s, (d_ap, d_an, d_pn), allow_unused=True)
+            if g_ap is not None:
+                grad_dis.index_put_((a, p), g_ap, accumulate=True)
+            if g_an is not None:
+                grad_dis.index_add_(0, a, g_an)
+            if g_pn is not None:
+                grad_ref.index_add_(0, p, g_pn)
+        grad_dis *= grad_total
+        grad_ref *= grad_total
+        return grad_dis, grad_ref, None, None, None, None, None
