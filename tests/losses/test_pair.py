@@ -127,7 +127,7 @@ def test_forward_pairs_is_cosine_embedding_loss(margin):
 
 
 def test_forward_pairs_default_equals_forward_on_explicit_pairs():
-    x1, y = _batch(10, seed=5)
+    x1, _ = _batch(10, seed=5)
     x2, _ = _batch(10, seed=6)
     target = torch.tensor([1, -1] * 5)
     loss = ContrastiveLoss(0.2, 1.1)
