@@ -23,24 +23,31 @@ from metricface.losses.margin import (
     SphereFaceLoss,
     SubCenterArcFaceLoss,
 )
+from metricface.losses.multi_similarity import MultiSimilarityLoss
+from metricface.losses.pair import ContrastiveLoss
+from metricface.losses.triplet import TripletMarginLoss
 
-__all__: list[str] = []
-__all__ += ["functional"]
-__all__ += ["AdaFaceMargin"]
-__all__ += ["ArcFaceMargin"]
-__all__ += ["CombinedMargin"]
-__all__ += ["CosFaceMargin"]
-__all__ += ["Margin"]
-__all__ += ["NoMargin"]
-__all__ += ["SphereFaceMargin"]
-__all__ += ["apply_margin"]
-__all__ += ["margin_cross_entropy"]
-__all__ += ["subcenter_max"]
-__all__ += ["AdaFaceLoss"]
-__all__ += ["ArcFaceLoss"]
-__all__ += ["CombinedMarginLoss"]
-__all__ += ["CosFaceLoss"]
-__all__ += ["MarginSoftmaxLoss"]
-__all__ += ["NormSoftmaxLoss"]
-__all__ += ["SphereFaceLoss"]
-__all__ += ["SubCenterArcFaceLoss"]
+__all__ = [
+    "AdaFaceLoss",
+    "AdaFaceMargin",
+    "ArcFaceLoss",
+    "ArcFaceMargin",
+    "CombinedMargin",
+    "CombinedMarginLoss",
+    "ContrastiveLoss",
+    "CosFaceLoss",
+    "CosFaceMargin",
+    "Margin",
+    "MarginSoftmaxLoss",
+    "MultiSimilarityLoss",
+    "NoMargin",
+    "NormSoftmaxLoss",
+    "SphereFaceLoss",
+    "SphereFaceMargin",
+    "SubCenterArcFaceLoss",
+    "TripletMarginLoss",
+    "apply_margin",
+    "functional",
+    "margin_cross_entropy",
+    "subcenter_max",
+]
