@@ -1,6 +1,7 @@
 """Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification and clustering."""
 
 from metricface.metrics.histogram import ScoreHistogram, all_pairs_histogram
+from metricface.metrics.report import VerificationReport, verification_report
 from metricface.metrics.verification import (
     det_curve,
     equal_error_rate,
@@ -12,6 +13,7 @@ from metricface.metrics.verification import (
 
 __all__: list[str] = [
     "ScoreHistogram",
+    "VerificationReport",
     "all_pairs_histogram",
     "det_curve",
     "equal_error_rate",
@@ -19,4 +21,5 @@ __all__: list[str] = [
     "roc_auc",
     "roc_curve",
     "tar_at_far",
+    "verification_report",
 ]
