@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 __all__ = [
+    "as_tensor",
     "check_embeddings",
+    "check_finite",
     "check_labels",
     "check_scalar",
 ]
@@ -117,7 +120,45 @@ def check_labels(
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"{name} must be in [0, num_classes={num_classes}), got a label {bad}"
-            )
+            raise ValueError(f"{name} must be in [0, num_classes={num_classes}), got a label {bad}")
     return labels
+
+
+def as_tensor(value: object, name: str) -> torch.Tensor:
+    """Return ``value`` as a tensor: tensors pass through, NumPy arrays and sequences convert.
+
+    NumPy arrays share memory where torch can; anything else raises a ``TypeError`` naming
+    ``name``.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or value.dtype.kind in "USV":
+            raise TypeError(f"{name} must hold numbers, got a NumPy array of dtype {value.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a numeric array, got an unconvertible sequence"
+            ) from exc
+    raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Check that a floating-point tensor holds no NaN or infinity (one device read-back).
+
+    Returns
+    -------
+    torch.Tensor
+        ``tensor`` unchanged, for chaining.
+    """
+    if tensor.is_floating_point() and tensor.numel() > 0:
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} must contain only finite values, got {bad} NaN or infinite "
+                f"entr{'y' if bad == 1 else 'ies'}"
+            )
+    return tensor
