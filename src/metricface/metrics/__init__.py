@@ -1,5 +1,13 @@
 """Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification and clustering."""
 
+from metricface.metrics.clustering import (
+    KMeansResult,
+    KMeansScores,
+    cluster_accuracy,
+    kmeans,
+    kmeans_cluster_accuracy,
+    normalized_mutual_info,
+)
 from metricface.metrics.identification import (
     OpenSetResult,
     cmc_curve,
@@ -10,9 +18,15 @@ from metricface.metrics.identification import (
 )
 
 __all__: list[str] = [
+    "KMeansResult",
+    "KMeansScores",
     "OpenSetResult",
+    "cluster_accuracy",
     "cmc_curve",
     "cmc_curve_from_scores",
+    "kmeans",
+    "kmeans_cluster_accuracy",
+    "normalized_mutual_info",
     "open_set_identification",
     "open_set_identification_from_scores",
     "top_k_accuracy",
