@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_tensor",
     "check_embeddings",
+    "check_finite",
     "check_label_array",
     "check_labels",
     "check_scalar",
@@ -155,3 +157,43 @@ def check_label_array(labels: object, name: str = "labels") -> np.ndarray:
     if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{name} must fit in int64, got a label {int(array.max())}")
     return array.astype(np.int64, copy=False)
+
+
+def as_tensor(value: object, name: str) -> torch.Tensor:
+    """Return ``value`` as a tensor: tensors pass through, NumPy arrays and sequences convert.
+
+    NumPy arrays share memory where torch can; anything else raises a ``TypeError`` naming
+    ``name``.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or value.dtype.kind in "USV":
+            raise TypeError(f"{name} must hold numbers, got a NumPy array of dtype {value.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a numeric array, got an unconvertible sequence"
+            ) from exc
+    raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Check that a floating-point tensor holds no NaN or infinity (one device read-back).
+
+    Returns
+    -------
+    torch.Tensor
+        ``tensor`` unchanged, for chaining.
+    """
+    if tensor.is_floating_point() and tensor.numel() > 0:
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} must contain only finite values, got {bad} NaN or infinite "
+                f"entr{'y' if bad == 1 else 'ies'}"
+            )
+    return tensor
