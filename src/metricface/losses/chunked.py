@@ -54,6 +54,18 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _put_target(block: torch.Tensor, value: torch.Tensor, local_labels: torch.Tensor, start: int):
+    """Write ``value[i]`` into ``block[i, local_labels[i] - start]`` where that column exists.
+
+    A gather / where / scatter, so no host synchronisation (no ``nonzero``) on accelerators.
+    """
+    column = local_labels - start
+    inside = (column >= 0) & (column < block.shape[1])
+    column = column.clamp(0, block.shape[1] - 1)[:, None]
+    kept = block.gather(1, column)[:, 0]
+    block.scatter_(1, column, torch.where(inside, value, kept)[:, None])
+
+
 def _chunk_logits(
     unit_x: torch.Tensor,
     weight_chunk: torch.Tensor,
@@ -69,21 +81,17 @@ def _chunk_logits(
     """
     unit_w, norm_w = _normalize(weight_chunk.to(unit_x.dtype))
     logits = (unit_x @ unit_w.T).mul_(scale)
-    rows = ((local_labels >= start) & (local_labels < start + logits.shape[1])).nonzero()[:, 0]
-    if rows.numel():
-        logits[rows, local_labels[rows] - start] = target_logit[rows]
+    _put_target(logits, target_logit, local_labels, start)
     return logits, unit_w, norm_w
 
 
 def _target_cosine(unit_x: torch.Tensor, weight: torch.Tensor, local_labels: torch.Tensor):
     """Cosine of each sample with its own class center (0 where that class is not local)."""
+    if weight.shape[0] == 0:
+        return unit_x.new_zeros(unit_x.shape[0])
     has = local_labels >= 0
-    cos_t = unit_x.new_zeros(unit_x.shape[0])
-    rows = has.nonzero()[:, 0]
-    if rows.numel():
-        unit_w, _ = _normalize(weight[local_labels[rows]].to(unit_x.dtype))
-        cos_t[rows] = (unit_x[rows] * unit_w).sum(dim=1)
-    return cos_t
+    unit_w, _ = _normalize(weight[local_labels.clamp_min(0)].to(unit_x.dtype))
+    return torch.where(has, (unit_x * unit_w).sum(dim=1), 0.0)
 
 
 class _ChunkedMarginCE(torch.autograd.Function):
@@ -169,7 +177,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
             g_target = g * (p_target - 1.0) * dmargin
 
             grad_unit_x = torch.zeros_like(unit_x) if need_x else None
-            grad_w = torch.zeros_like(weight) if need_w else None
+            grad_w = torch.empty_like(weight) if need_w else None  # every row is written
             for start in range(0, weight.shape[0], chunk_size):
                 stop = min(start + chunk_size, weight.shape[0])
                 logits, unit_w, norm_w = _chunk_logits(
@@ -179,9 +187,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
                 # replaced by the margin's chain rule
                 grad_cos = torch.exp(logits.sub_(lse[:, None])).mul_((g * scale)[:, None])
                 del logits
-                rows = ((local_labels >= start) & (local_labels < stop)).nonzero()[:, 0]
-                if rows.numel():
-                    grad_cos[rows, local_labels[rows] - start] = g_target[rows]
+                _put_target(grad_cos, g_target, local_labels, start)
                 if need_x:
                     grad_unit_x.addmm_(grad_cos, unit_w)
                 if need_w:
