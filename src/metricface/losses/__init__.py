@@ -1,6 +1,7 @@
 """Losses: margin softmax over class centers, sharded class-center training, contrastive and triplet losses."""
 
 from metricface.losses import functional
+from metricface.losses.chunked import chunked_margin_cross_entropy
 from metricface.losses.functional import (
     AdaFaceMargin,
     ArcFaceMargin,
@@ -25,6 +26,7 @@ from metricface.losses.margin import (
 )
 from metricface.losses.multi_similarity import MultiSimilarityLoss
 from metricface.losses.pair import ContrastiveLoss
+from metricface.losses.partial_fc import PartialFCLoss, shard_range
 from metricface.losses.triplet import TripletMarginLoss
 
 __all__ = [
@@ -42,12 +44,15 @@ __all__ = [
     "MultiSimilarityLoss",
     "NoMargin",
     "NormSoftmaxLoss",
+    "PartialFCLoss",
     "SphereFaceLoss",
     "SphereFaceMargin",
     "SubCenterArcFaceLoss",
     "TripletMarginLoss",
     "apply_margin",
+    "chunked_margin_cross_entropy",
     "functional",
     "margin_cross_entropy",
+    "shard_range",
     "subcenter_max",
 ]
