@@ -383,7 +383,7 @@ class AdaFaceLoss(MarginSoftmaxLoss):
 
     def margin_for(self, embeddings: Tensor) -> Callable[[Tensor], Tensor]:
         margin: AdaFaceMargin = self.margin  # type: ignore[assignment]
-        norms = embeddings.detach().float().norm(dim=1)
+        norms = embeddings.detach().to(compute_dtype(embeddings.dtype)).norm(dim=1)
         if self.training:
             with torch.no_grad():
                 mean, std = margin.batch_stats(margin.clip_norms(norms))
