@@ -1,4 +1,5 @@
-"""Losses: margin softmax over class centers, sharded class-center training, contrastive and triplet losses."""
+"""Losses: margin softmax over class centers, sharded class-center training, contrastive and
+triplet losses."""
 
 from metricface.losses import functional
 from metricface.losses.chunked import chunked_margin_cross_entropy
