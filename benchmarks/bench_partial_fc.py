@@ -4,7 +4,8 @@ Compares, in one run and on the same inputs:
 
 * ``chunked``: :class:`metricface.losses.PartialFCLoss` with ``chunk_size`` (online
   log-sum-exp, the ``(B, C)`` logits never held);
-* ``dense``: the same module with ``chunk_size=None`` (one block of ``(B, C)`` logits);
+* ``dense``: :class:`metricface.losses.ArcFaceLoss`, the library's dense path (one
+  ``(B, C)`` buffer for cosines, logits and softmax);
 * the peer, pytorch-metric-learning's ``ArcFaceLoss`` (dense ``(B, C)`` logits).
 
 Each measurement runs in a fresh subprocess. Peak memory counts everything the step needs
@@ -49,32 +50,15 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _margin(m: float):
-    import torch
-
-    try:
-        from metricface.losses.functional import ArcFaceMargin
-
-        return ArcFaceMargin(m)
-    except ImportError:
-        # cos(theta + m) with PML's fallback past theta = pi - m, so both sides agree
-        def arcface(cos: torch.Tensor) -> torch.Tensor:
-            theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
-            return torch.where(theta <= math.pi - m, torch.cos(theta + m), cos - m * math.sin(m))
-
-        return arcface
-
-
 def _worker(method: str, b: int, d: int, c: int, chunk: int, device: str, repeats: int) -> dict:
     import torch
 
     torch.manual_seed(0)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    margin = _margin(0.5)
-    from pytorch_metric_learning.losses import ArcFaceLoss
+    from pytorch_metric_learning.losses import ArcFaceLoss as PMLArcFaceLoss
 
-    from metricface.losses import PartialFCLoss
+    from metricface.losses import ArcFaceLoss, ArcFaceMargin, PartialFCLoss
 
     # touch the allocator, thread pools and kernels once so the baseline excludes them
     warm = torch.randn(64, 64, device=dev, requires_grad=True)
@@ -92,13 +76,15 @@ def _worker(method: str, b: int, d: int, c: int, chunk: int, device: str, repeat
     x = torch.randn(b, d, device=dev, requires_grad=True)
     y = torch.randint(0, c, (b,), device=dev)
     if method == "pml":
-        loss_fn = ArcFaceLoss(c, d, margin=math.degrees(0.5), scale=64.0).to(dev)
+        loss_fn = PMLArcFaceLoss(c, d, margin=math.degrees(0.5), scale=64.0).to(dev)
         params = [loss_fn.W]
+    elif method == "dense":
+        loss_fn = ArcFaceLoss(c, d, margin=0.5, scale=64.0).to(dev)
+        params = [loss_fn.weight]
     else:
         loss_fn = PartialFCLoss(
-            c, d, margin=margin, scale=64.0, chunk_size=chunk if method == "chunked" else None,
-            device=dev,
-        )  # fmt: skip
+            c, d, margin=ArcFaceMargin(0.5), scale=64.0, chunk_size=chunk, device=dev
+        )
         params = [loss_fn.weight]
     # identical class centers on both sides, filled in blocks to add no temporary (C, D) copy
     gen = torch.Generator(device=dev).manual_seed(1)
@@ -115,7 +101,7 @@ def _worker(method: str, b: int, d: int, c: int, chunk: int, device: str, repeat
             p.grad = None
         loss = loss_fn(x, y)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     times, loss = [], float("nan")
     for i in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when timing repeats
