@@ -95,6 +95,22 @@ def test_matches_dense_float32_rtol_1e5():
         torch.testing.assert_close(a.double(), c, rtol=1e-5, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_on_device_matches_float64_reference(device, dtype):
+    x, w, y = _data(32, 16, 500, dtype=torch.float32, seed=7)
+    x, w = x.to(dtype), w.to(dtype)
+    ref = _grads(lambda a, b: dense_reference(a, b, y, arcface_safe, 64.0), x.double(), w.double())
+    xd, wd, yd = x.to(device), w.to(device), y.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        ours = _grads(
+            lambda a, b: chunked_margin_cross_entropy(a, b, yd, arcface_safe, 64.0, 128), xd, wd
+        )
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
+    for a, b in zip(ours, ref):
+        assert a.device.type == device.type and a.dtype == dtype
+        torch.testing.assert_close(a.cpu().double(), b, rtol=tol, atol=tol * b.abs().max())
+
+
 def test_gradcheck():
     x, w, y = _data(3, 4, 9)
     x.requires_grad_(True)

@@ -99,6 +99,29 @@ def test_sampling_scores_positives_plus_random_negatives(chunk_size):
     assert torch.count_nonzero(loss_fn.weight.grad[unsampled]) == 0
 
 
+@given(
+    num_classes=st.integers(1, 60),
+    rate=st.floats(0.01, 1.0),
+    labels=st.lists(st.integers(0, 59), min_size=1, max_size=12),
+    seed=st.integers(0, 2**16),
+)
+def test_sampling_invariants(num_classes, rate, labels, seed):
+    y = torch.tensor([v % num_classes for v in labels])
+    loss_fn = PartialFCLoss(num_classes, 3, margin=arcface_safe, sample_rate=rate)
+    torch.manual_seed(seed)
+    x = torch.randn(len(y), 3)
+    loss = loss_fn(x, y)
+    assert torch.isfinite(loss)
+    positives = set(y.tolist())
+    if rate == 1.0:
+        assert loss_fn.last_sampled is None
+        return
+    index = loss_fn.last_sampled.tolist()
+    assert index == sorted(set(index)) and positives <= set(index)
+    assert len(index) == max(int(rate * num_classes), len(positives))
+    assert all(0 <= i < num_classes for i in index)
+
+
 def test_sampling_keeps_all_positives_beyond_the_rate():
     loss_fn = _module(c=20, sample_rate=0.1)
     y = torch.arange(5)  # 5 positives > int(0.1 * 20) = 2
@@ -231,6 +254,14 @@ def _sharded_worker(rank: int, world_size: int):
     out["s_gx"] = local_x.grad.clone()
     out["s_gw"] = sampled.weight.grad.clone()
     out["s_index"] = sampled.last_sampled + sampled.class_start
+    # more ranks than classes: rank 1 holds no class at all
+    tiny = PartialFCLoss(1, DIM, margin=arcface_safe, scale=SCALE, dtype=torch.float64)
+    tiny.load_full_weight(w[:1])
+    local_x.grad = None
+    loss = tiny(local_x, torch.zeros(SIZES[rank], dtype=torch.long))
+    loss.backward()
+    out["t_loss"], out["t_gx"], out["t_gw"] = loss.detach(), local_x.grad.clone(), tiny.weight.grad
+    out["t_full"] = tiny.gather_weight()
     return out
 
 
@@ -265,3 +296,12 @@ def test_sharded_equals_single_process_dense():
         torch.testing.assert_close(out["s_loss"], s_loss)
         torch.testing.assert_close(out["s_gx"], s_gx[b0 : b0 + SIZES[rank]])
         torch.testing.assert_close(out["s_gw"], full_gw[start:stop], rtol=1e-7, atol=0)
+
+    t_loss, t_gx, t_gw = _reference_grads(x, w[:1], torch.zeros_like(y))
+    assert results[1]["t_gw"].shape == (0, DIM)
+    torch.testing.assert_close(results[0]["t_gw"], t_gw)
+    for rank, out in enumerate(results):
+        b0 = sum(SIZES[:rank])
+        torch.testing.assert_close(out["t_loss"], t_loss)
+        torch.testing.assert_close(out["t_gx"], t_gx[b0 : b0 + SIZES[rank]])
+        assert torch.equal(out["t_full"], w[:1])

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from metricface._validation import check_embeddings, check_labels, check_scalar
 
@@ -154,6 +155,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         return out.to(embeddings.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse = ctx.saved_tensors
         scale, chunk_size = ctx.scale, ctx.chunk_size
@@ -261,7 +263,8 @@ def chunked_margin_cross_entropy(
         Maps the target cosines, a float32 (or float64) tensor of shape ``(B,)`` clamped to
         ``[-1, 1]``, to the modified target cosines of the same shape (before scaling), e.g.
         ``metricface.losses.functional.ArcFaceMargin(0.5)``. Must be differentiable by
-        autograd; its derivative is taken in the backward pass.
+        autograd; its derivative is taken in the backward pass (parameters of the margin, if
+        any, receive no gradient).
     scale : float
         The logit scale ``s`` (> 0).
     chunk_size : int
