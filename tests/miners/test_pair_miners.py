@@ -82,7 +82,7 @@ def test_no_pairs_returns_empty():
     x = torch.randn(3, 4)
     out = MultiSimilarityMiner()(x, torch.tensor([0, 1, 2]))
     assert all(t.numel() == 0 and t.dtype == torch.long for t in out)
-    a1, p, a2, n = PairMarginMiner(0.0, 0.0)(x, torch.tensor([0, 0, 1]))
+    a1, _p, a2, _n = PairMarginMiner(0.0, 0.0)(x, torch.tensor([0, 0, 1]))
     assert a2.numel() == 0 and a1.numel() == 2
 
 

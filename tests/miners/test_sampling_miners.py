@@ -47,7 +47,7 @@ def test_semihard_is_facenet_selection(labels, seed, margin, chunk):
 def test_semihard_drops_pairs_without_semihard_negative():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05]])
     y = torch.tensor([0, 0, 1])  # the negative is closer than the positive: hard, not semi-hard
-    a, p, n = SemiHardMiner(0.2)(x, y)
+    a, _p, _n = SemiHardMiner(0.2)(x, y)
     assert a.numel() == 0
 
 
@@ -77,7 +77,7 @@ def test_distance_weighted_follows_inverse_density():
     hits = torch.zeros(5)
     anchors = x[:1].repeat(200, 1)  # 200 copies of sample 0, each with 2 positives in x
     for _ in range(10):
-        a, p, n = miner(anchors, torch.zeros(200, dtype=torch.long), x, y)
+        _a, _p, n = miner(anchors, torch.zeros(200, dtype=torch.long), x, y)
         hits.index_add_(0, n, torch.ones_like(n, dtype=torch.float))
     chord = [2 * math.sin(t / 2) for t in angles.tolist()]
     w = [
@@ -95,7 +95,7 @@ def test_distance_weighted_follows_inverse_density():
 def test_distance_weighted_skips_anchors_without_eligible_negative():
     x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]])
     y = torch.tensor([0, 0, 1])  # the only negative is at distance ~2 > nonzero_loss_cutoff
-    a, p, n = DistanceWeightedMiner()(x, y)
+    a, _p, _n = DistanceWeightedMiner()(x, y)
     assert a.numel() == 0
 
 
