@@ -3,6 +3,7 @@ triplet losses."""
 
 from metricface.losses import functional
 from metricface.losses.chunked import chunked_margin_cross_entropy
+from metricface.losses.distributed_wrapper import DistributedLossWrapper
 from metricface.losses.functional import (
     AdaFaceMargin,
     ArcFaceMargin,
@@ -25,10 +26,6 @@ from metricface.losses.margin import (
     SphereFaceLoss,
     SubCenterArcFaceLoss,
 )
-from metricface.losses.multi_similarity import MultiSimilarityLoss
-from metricface.losses.pair import ContrastiveLoss
-from metricface.losses.partial_fc import PartialFCLoss, shard_range
-from metricface.losses.triplet import TripletMarginLoss
 
 __all__ = [
     "AdaFaceLoss",
@@ -40,6 +37,7 @@ __all__ = [
     "ContrastiveLoss",
     "CosFaceLoss",
     "CosFaceMargin",
+    "DistributedLossWrapper",
     "Margin",
     "MarginSoftmaxLoss",
     "MultiSimilarityLoss",
