@@ -174,7 +174,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return self._per_rank
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches().tolist()
+        for batch in self.epoch_batches():
+            yield batch.tolist()
 
     def epoch_batches(self, epoch: int | None = None) -> np.ndarray:
         """This rank's batches of an epoch as an array.
