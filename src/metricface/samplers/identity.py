@@ -150,8 +150,21 @@ class IdentityBatchSampler(Sampler[list[int]]):
                     f"= {P * R}; use drop_last=False"
                 )
         else:
-            needed = max(-(-total // P), int(self._num_groups.max()))
+            largest = int(self._num_groups.max())
+            needed = max(-(-total // P), largest)
             per_rank = -(-needed // R)
+            spare = per_rank * R * P - total
+            if largest > -(-total // P) and spare > total // 4:
+                label = groups.identities[int(np.argmax(self._num_groups))]
+                warnings.warn(
+                    f"identity {label} forms {largest} groups of images_per_identity={K}, "
+                    f"more than the {-(-total // P)} batches the data would otherwise fill: "
+                    f"the epoch has {per_rank * R} batches and {spare} of its "
+                    f"{per_rank * R * P} groups repeat images; drop_last=True caps that "
+                    "identity instead",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self._per_rank = int(per_rank)
 
     # ------------------------------------------------------------------ public API
