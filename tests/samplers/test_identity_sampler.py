@@ -247,7 +247,7 @@ def test_set_epoch_rejects_negative():
 
 
 def test_dataloader_with_batch_sampler_yields_p_by_k_batches():
-    labels = _labels([6, 5, 4, 7, 3, 2], seed=5)
+    labels = _labels([6, 5, 4, 7, 3, 2], seed=5, offset=-7)  # negative labels are fine
     images = torch.arange(len(labels), dtype=torch.float32).unsqueeze(1)
     dataset = TensorDataset(images, torch.as_tensor(labels))
     sampler = _make(labels, 3, 2, num_replicas=1, rank=0)
