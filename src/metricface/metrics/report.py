@@ -84,7 +84,7 @@ class VerificationReport:
         lines += [f"{m:<{w}}  {v:>10}  {th:>10}" for m, v, th in rows]
         if flagged:
             lines.append("* below 1 / n_impostor: the TAR at zero false accepts")
-        return "\n".join(lines)
+        return "\n".join(line.rstrip() for line in lines)
 
     def plot(self, kind: str = "roc", *, ax: Any = None, label: str | None = None) -> Any:
         """Plot the ROC (``kind="roc"``) or DET (``kind="det"``) curve with the EER marked.
