@@ -109,7 +109,8 @@ class VerificationReport:
         ax = plots.axes_or_new(ax, f"plot a {kind.upper()} curve")
         if kind == "roc":
             return plots.draw_roc(ax, self.fpr, self.tpr, self.eer, self.n_impostor, label)
-        return plots.draw_det(ax, self.fpr, 1 - self.tpr, self.eer, label)
+        fnr = 1 - self.tpr
+        return plots.draw_det(ax, self.fpr, fnr, self.eer, self.n_impostor, self.n_genuine, label)
 
 
 def verification_report(
