@@ -83,6 +83,33 @@ def test_roc_identical_to_sklearn(data):
 
 
 @given(scored_pairs())
+def test_drop_intermediate_keeps_the_curve(data):
+    y, s = data
+    fpr, tpr, thr = roc_curve(y, s)
+    dfpr, dtpr, dthr = roc_curve(y, s, drop_intermediate=True)
+    n_g, n_i = (y == 1).sum(), (y == 0).sum()
+    full = np.column_stack((np.rint(fpr * n_i), np.rint(tpr * n_g))).astype(np.int64)
+    kept = np.isin(thr, dthr)
+    assert kept[0] and kept[-1]
+    np.testing.assert_array_equal(fpr[kept], dfpr)
+    np.testing.assert_array_equal(tpr[kept], dtpr)
+    # every dropped point lies on the segment between the kept points around it ...
+    idx = np.flatnonzero(kept)
+    for k in np.flatnonzero(~kept):
+        a, b = full[idx[idx < k][-1]], full[idx[idx > k][0]]
+        ab, ak = b - a, full[k] - a
+        assert ab[0] * ak[1] == ab[1] * ak[0]
+    # ... and every kept interior point is a real bend
+    for a, k, b in zip(idx[:-2], idx[1:-1], idx[2:]):
+        ab, ak = full[b] - full[a], full[k] - full[a]
+        assert ab[0] * ak[1] != ab[1] * ak[0]
+    # at least scikit-learn's drops, and the same derived metrics
+    assert set(dthr.tolist()) <= set(skm.roc_curve(y, s)[2].tolist())
+    dfnr = det_curve(y, s, drop_intermediate=True)[1]
+    np.testing.assert_allclose(dfnr, 1 - dtpr, atol=1e-15)
+
+
+@given(scored_pairs())
 def test_auc_matches_sklearn_and_counting(data):
     y, s = data
     auc = roc_auc(y, s)
