@@ -198,15 +198,17 @@ def search(
             scores, indices = _search_faiss(faiss, probes.cpu(), gallery.cpu(), k, metric)
             return scores.to(out_device), indices.to(out_device)
 
-    p_all = probes.to(device)
-    n_probes = p_all.shape[0]
+    n_probes = probes.shape[0]
+    p_blocks = [
+        _prepare(probes[s : s + chunk_size], metric, dtype, device)
+        for s in range(0, n_probes, chunk_size)
+    ]
     best_vals = torch.empty(n_probes, 0, dtype=dtype, device=device)
     best_idx = torch.empty(n_probes, 0, dtype=torch.long, device=device)
     for g_start in range(0, gallery.shape[0], chunk_size):
         g = _prepare(gallery[g_start : g_start + chunk_size], metric, dtype, device)
         vals_parts, idx_parts = [], []
-        for p_start in range(0, n_probes, chunk_size):
-            p = _prepare(p_all[p_start : p_start + chunk_size], metric, dtype, device)
+        for p_start, p in zip(range(0, n_probes, chunk_size), p_blocks):
             vals, idx = _top_k_stable(_similarity(p, g), k)
             # Earlier chunks hold smaller gallery indices and come first in the concatenation,
             # so a stable sort keeps ties in increasing index order.
