@@ -1,3 +1,5 @@
 """Datasets: identity folders, pair lists, built-in synthetic faces and transform presets."""
 
-__all__: list[str] = []
+from metricface.data.synthetic import DISTORTIONS, SyntheticFaces
+
+__all__: list[str] = ["DISTORTIONS", "SyntheticFaces"]
