@@ -26,6 +26,10 @@ from metricface.losses.margin import (
     SphereFaceLoss,
     SubCenterArcFaceLoss,
 )
+from metricface.losses.multi_similarity import MultiSimilarityLoss
+from metricface.losses.pair import ContrastiveLoss
+from metricface.losses.partial_fc import PartialFCLoss, shard_range
+from metricface.losses.triplet import TripletMarginLoss
 
 __all__ = [
     "AdaFaceLoss",
