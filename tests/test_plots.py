@@ -114,3 +114,12 @@ def test_curves_share_axes_and_keep_the_widest_range(scores):
     labels = [t.get_text() for t in det.get_xticklabels()]
     assert "0.01" in labels and "0.0001" not in labels  # down to 0.5 / n_impostor ~ 1e-5
     assert det.get_xlim()[0] == pytest.approx(norm.ppf(0.5 / (~y_big).sum()))
+
+
+def test_missing_matplotlib_names_the_extra(scores, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # import now fails
+    y, s = scores
+    with pytest.raises(ImportError, match=r"to plot a ROC curve.*pip install 'metricface\[plot\]'"):
+        plot_roc(y, s)

@@ -180,6 +180,14 @@ def test_separable_scores():
     assert equal_error_rate(y, [0.1, 0.2, 0.8, 0.9]) == 1.0
 
 
+def test_extreme_scores_give_finite_thresholds():
+    y, s = [1, 0, 1, 0], [1e308, -1e308, -1e308, -1.7e308]
+    eer, thr = equal_error_rate(y, s, return_threshold=True)
+    with np.errstate(over="ignore"):  # scikit-learn differences the scores
+        assert eer == pytest.approx(brentq_eer(y, s), abs=1e-12) and np.isfinite(thr)
+    assert kfold_verification_accuracy(y, s, n_folds=2)[0] >= 0.0
+
+
 def test_eer_where_far_equals_frr_at_a_threshold():
     # 4 genuine, 4 impostor; at t=0.5, FAR = 1/4 (0.6) and FRR = 1/4 (0.4).
     y = [1, 1, 1, 1, 0, 0, 0, 0]

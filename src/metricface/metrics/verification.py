@@ -109,20 +109,25 @@ def eer_segment(op: OperatingPoints) -> tuple[int, float]:
     ``d = FRR - FAR`` is non-increasing along the curve, ``+1`` at ``(0, 0)`` and ``-1`` at
     ``(1, 1)``; ``k`` is the first point with ``d <= 0``.
     """
-    # d scaled by n_pos * n_neg, evaluated in float64 (exact for counts below 2**53 / n).
+    # d scaled by n_pos * n_neg, in float64: exact while n_pos * n_neg < 2**53; beyond that,
+    # rounding can only move the crossing by a relative 1e-16 (d is continuous along the curve).
     d = (op.n_pos - op.tps) * float(op.n_neg) - op.fps * float(op.n_pos)
     k = int(np.searchsorted(-d, 0.0, side="left"))
     da, db = d[k - 1], d[k]
     return k, float(da / (da - db))
 
 
+def _lerp(a: float, b: float, s: float) -> float:
+    """``(1 - s) a + s b``: exact at both ends and free of overflow for any finite ``a, b``."""
+    return float((1.0 - s) * a + s * b)
+
+
 def eer_from_points(op: OperatingPoints) -> tuple[float, float]:
     """EER and its interpolated score threshold (see :func:`equal_error_rate`)."""
     k, s = eer_segment(op)
-    fa, fb = op.fps[k - 1] / op.n_neg, op.fps[k] / op.n_neg
-    eer = float(fa + s * (fb - fa))
-    ta, tb = op.thresholds[k - 1], op.thresholds[k]
-    threshold = float(tb) if not math.isfinite(ta) else float(ta + s * (tb - ta))
+    eer = _lerp(op.fps[k - 1] / op.n_neg, op.fps[k] / op.n_neg, s)
+    ta, tb = float(op.thresholds[k - 1]), float(op.thresholds[k])
+    threshold = tb if not math.isfinite(ta) else _lerp(ta, tb, s)
     return eer, threshold
 
 
