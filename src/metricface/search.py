@@ -155,7 +155,8 @@ def search(
     k : int
         Number of neighbours per probe, ``1 <= k <= G``.
     metric : {"cosine", "dot", "euclidean"}
-        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer);
+        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer; an
+        all-zero embedding has similarity 0 with everything);
         ``"dot"``: raw inner product (higher = closer); ``"euclidean"``: Euclidean distance
         (lower = closer).
     chunk_size : int

@@ -306,3 +306,31 @@ def test_fpir_one_accepts_everything():
 def test_validation(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@given(embedding_problem(all_enrolled=False), st.floats(0, 1))
+def test_open_set_embeddings_path_equals_score_matrix_path(problem, target):
+    p, pl, g, gl, chunk = problem
+    mated = torch.isin(pl, gl)
+    if mated.all() or not mated.any():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = open_set_identification(p, pl, g, gl, fpir=target, metric="dot", chunk_size=chunk)
+        b = open_set_identification_from_scores(p @ g.T, pl.numpy(), gl.numpy(), fpir=target)
+    for field in ("dir", "thresholds", "fpir", "curve_fpir", "curve_dir", "curve_thresholds"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_identification_on_device_matches_cpu(device):
+    gen = torch.Generator().manual_seed(4)
+    g, gl = torch.randn(40, 16, generator=gen), torch.arange(40) % 8
+    p, pl = torch.randn(30, 16, generator=gen), torch.randint(-1, 8, (30,), generator=gen)
+    known = pl >= 0
+    cpu = cmc_curve(p[known], pl[known], g, gl, chunk_size=9)
+    dev = cmc_curve(p[known].to(device), pl[known], g.to(device), gl, chunk_size=9)
+    np.testing.assert_array_equal(cpu, dev)
+    a = open_set_identification(p, pl, g, gl, fpir=0.5)
+    b = open_set_identification(p.to(device), pl.to(device), g, gl.to(device), fpir=0.5)
+    np.testing.assert_allclose(a.dir, b.dir)
+    np.testing.assert_allclose(a.thresholds, b.thresholds, atol=1e-6)
