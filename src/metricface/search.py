@@ -61,7 +61,10 @@ def _prepare(x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.dev
     """Move/cast one block and precompute what :func:`_similarity` needs for it."""
     x = x.to(device=device, dtype=dtype)
     if metric == "cosine":
-        return F.normalize(x, dim=1), None
+        # scale by the largest entry first so that the norm of huge (finite) rows cannot
+        # overflow; an all-zero row stays zero
+        scale = x.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)
+        return F.normalize(x / scale, dim=1), None
     if metric == "euclidean":
         return x, x.square().sum(1)
     return x, None
@@ -87,7 +90,7 @@ def _top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     whose ``(k+1)``-th value differs from the k-th (almost all, for real-valued scores) only
     need their k winners re-ordered; the other rows keep exactly the leftmost tied entries.
     """
-    rows, cols = values.shape
+    cols = values.shape[1]
     if k >= cols:
         order = values.argsort(dim=1, descending=True, stable=True)
         return values.gather(1, order), order
@@ -155,7 +158,8 @@ def search(
     k : int
         Number of neighbours per probe, ``1 <= k <= G``.
     metric : {"cosine", "dot", "euclidean"}
-        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer);
+        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer; an
+        all-zero embedding has similarity 0 with everything);
         ``"dot"``: raw inner product (higher = closer); ``"euclidean"``: Euclidean distance
         (lower = closer).
     chunk_size : int
