@@ -40,6 +40,9 @@ ResNetBlock = Type[Union[BasicBlock, Bottleneck, PreActBasicBlock, PreActBottlen
 class ResNet(nn.Module):
     """A four-stage residual network: stem, ``layer1..layer4``, global pooling and a head.
 
+    **Shape:** ``(B, in_channels, H, W) -> (B, num_classes)`` or ``(B, embedding_dim)``, for
+    any ``H, W >= 1`` (global average pooling).
+
     Parameters
     ----------
     block : type
@@ -69,11 +72,6 @@ class ResNet(nn.Module):
         Add a squeeze-excitation module with this reduction to every block (SE-ResNet).
     in_channels : int
         Image channels, default 3.
-
-    Shape
-    -----
-    ``(B, in_channels, H, W) -> (B, num_classes)`` or ``(B, embedding_dim)``, for any
-    ``H, W >= 1`` (global average pooling).
     """
 
     def __init__(
