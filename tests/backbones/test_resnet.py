@@ -116,6 +116,7 @@ def test_preactivation_resnet_has_final_norm_and_runs():
         ({"num_classes": -1}, ValueError, "num_classes"),
         ({"num_classes": 2.5}, TypeError, "num_classes"),
         ({"normalize": True}, ValueError, "embedding_dim"),
+        ({"num_classes": 10, "embedding_dim": 8}, ValueError, "num_classes"),
         ({"embedding_dim": 0}, ValueError, "embedding_dim"),
         ({"embedding_dim": 8, "dropout": 1.0}, ValueError, "dropout"),
         ({"se_reduction": 0}, ValueError, "se_reduction"),
