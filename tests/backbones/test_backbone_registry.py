@@ -20,7 +20,7 @@ def test_available_lists_every_builder():
     assert set(BUILTIN) <= set(names)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "ResNet34", "iresnet18", "IRESNET50"])
+@pytest.mark.parametrize("name", ["resnet18", "ResNet34", "iresnet18", "IRESNET34"])
 def test_build_by_name_equals_builder(name):
     model = B.build_backbone(name, embedding_dim=8)
     ref = getattr(B, name.lower())(embedding_dim=8)

@@ -50,13 +50,20 @@ def test_autocast_with_normalize_keeps_unit_norm():
     torch.testing.assert_close(out.float().norm(dim=1), torch.ones(3), rtol=1e-2, atol=1e-2)
 
 
-def test_cuda_bf16_channels_last(device):
-    if device.type != "cuda":
-        pytest.skip("CUDA-only path")
-    model = _tiny().to(device, memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert model(x).shape == (2, 16)
+def test_bf16_channels_last_training_step_on_device(device):
+    model = _tiny().train().to(device)
+    x = torch.randn(4, 3, 32, 32, device=device)
+    model = model.to(memory_format=torch.channels_last)
+    xc = x.to(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = model(xc)
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            low = model(xc).float()
+    assert (low - ref).norm() / ref.norm() < 0.05
 
 
 @pytest.mark.slow

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import metricface.backbones as B
@@ -41,7 +45,8 @@ def _reference_param_count(layers: list[int], emb: int = 512) -> int:
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
 def test_parameter_counts_match_insightface(name):
-    model = getattr(B, name)()
+    with torch.device("meta"):  # shapes only: skips the (slow) weight initialisation
+        model = getattr(B, name)()
     n = sum(p.numel() for p in model.parameters())
     assert n == EXPECTED_PARAMS[name] == _reference_param_count(LAYERS[name])
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == LAYERS[name]
@@ -113,6 +118,17 @@ def test_width_and_input_size_options(size, fmap):
     assert model.fc.in_features == 64 * fmap[0] * fmap[1]
     hw = (size, size) if isinstance(size, int) else size
     assert model(torch.randn(2, 3, *hw)).shape == (2, 16)
+
+
+@settings(max_examples=15)
+@given(h=st.integers(1, 40), w=st.integers(1, 40))
+def test_any_input_size_gives_the_embedding(h, w):
+    model = B.iresnet18(embedding_dim=6, width=1 / 16, input_size=(h, w)).eval()
+    assert model.feature_map_size == (math.ceil(h / 16), math.ceil(w / 16))
+    with torch.no_grad():
+        trunk = model.forward_features(torch.randn(2, 3, h, w))
+        assert trunk.shape == (2, 32, *model.feature_map_size)
+        assert model(torch.randn(2, 3, h, w)).shape == (2, 6)
 
 
 def test_tiny_cpu_model_is_small():

@@ -72,7 +72,11 @@ def test_profile_restores_training_mode_and_prints():
     assert model.training
     text = str(p)
     assert "params" in text and "FLOPs per 3x32x32 input" in text
-    assert f"{p.params / 1e3:.2f} k" in text
+    assert f"{p.params / 1e3:.2f} k params" in text
+    assert (
+        str(B.profile(torch.nn.Linear(3, 4), (3,)))
+        == "16 params (16 trainable), 24 FLOPs per 3 input"
+    )
 
 
 @pytest.mark.parametrize(

@@ -115,16 +115,14 @@ class SEModule(nn.Module):
     ``reduction`` (at least one hidden channel) and ``fc2`` restores them; both are 1x1
     convolutions with bias (Hu et al., 2018).
 
+    **Shape:** ``(B, C, H, W) -> (B, C, H, W)``.
+
     Parameters
     ----------
     channels : int
         Number of channels ``C`` of the input.
     reduction : int
         Channel reduction of the bottleneck, default 16.
-
-    Shape
-    -----
-    ``(B, C, H, W) -> (B, C, H, W)``.
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -148,6 +146,8 @@ class BasicBlock(nn.Module):
 
     ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the stride sits on ``conv1``.
 
+    **Shape:** ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
+
     Parameters
     ----------
     inplanes : int
@@ -163,10 +163,6 @@ class BasicBlock(nn.Module):
     se_reduction : int, optional
         If given, a :class:`SEModule` with this reduction rescales the residual branch
         before the addition (SE-ResNet).
-
-    Shape
-    -----
-    ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
     """
 
     expansion: int = 1
@@ -213,6 +209,8 @@ class Bottleneck(nn.Module):
     The stride sits on the 3x3 convolution (``conv2``), the "ResNet v1.5" layout torchvision
     uses, which is about 0.5 % more accurate on ImageNet than striding the first 1x1.
 
+    **Shape:** ``(B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride))``.
+
     Parameters
     ----------
     inplanes : int
@@ -227,10 +225,6 @@ class Bottleneck(nn.Module):
         Normalisation layer factory, default :class:`torch.nn.BatchNorm2d`.
     se_reduction : int, optional
         If given, a :class:`SEModule` rescales the residual branch before the addition.
-
-    Shape
-    -----
-    ``(B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride))``.
     """
 
     expansion: int = 4
@@ -283,14 +277,12 @@ class PreActBasicBlock(nn.Module):
     pre-activated input, as in the paper. A network of these blocks needs a final norm + ReLU
     after its last stage.
 
+    **Shape:** ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
+
     Parameters
     ----------
     inplanes, planes, stride, downsample, norm_layer, se_reduction
         As for :class:`BasicBlock`.
-
-    Shape
-    -----
-    ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
     """
 
     expansion: int = 1
@@ -340,14 +332,12 @@ class PreActBottleneck(nn.Module):
     Outputs ``4 * planes`` channels; the projection shortcut (a bare strided 1x1 convolution)
     reads the pre-activated input, as in He et al. (2016).
 
+    **Shape:** ``(B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride))``.
+
     Parameters
     ----------
     inplanes, planes, stride, downsample, norm_layer, se_reduction
         As for :class:`Bottleneck`.
-
-    Shape
-    -----
-    ``(B, inplanes, H, W) -> (B, 4 * planes, ceil(H / stride), ceil(W / stride))``.
     """
 
     expansion: int = 4
@@ -403,6 +393,8 @@ class IRBlock(nn.Module):
     activation after the addition. Names match InsightFace's ``arcface_torch`` ``IBasicBlock``
     (``bn1, conv1, bn2, prelu, conv2, bn3, downsample``).
 
+    **Shape:** ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
+
     Parameters
     ----------
     inplanes : int
@@ -418,10 +410,6 @@ class IRBlock(nn.Module):
     se_reduction : int, optional
         If given, a :class:`SEModule` rescales the residual branch before the addition
         (the "IR-SE" networks).
-
-    Shape
-    -----
-    ``(B, inplanes, H, W) -> (B, planes, ceil(H / stride), ceil(W / stride))``.
     """
 
     expansion: int = 1

@@ -75,6 +75,8 @@ class EmbeddingHead(nn.Module):
     ``bn(fc(dropout(x)))``, optionally followed by L2 normalisation. 4-D feature maps are
     global-average-pooled first, so the head accepts either ``(B, C)`` or ``(B, C, H, W)``.
 
+    **Shape:** ``(B, in_features)`` or ``(B, in_features, H, W)`` -> ``(B, embedding_dim)``.
+
     Parameters
     ----------
     in_features : int
@@ -88,10 +90,6 @@ class EmbeddingHead(nn.Module):
         distribution and makes the projection bias redundant (it is then dropped).
     normalize : bool
         L2-normalise the output (default ``False``: see the module docstring).
-
-    Shape
-    -----
-    ``(B, in_features)`` or ``(B, in_features, H, W)`` -> ``(B, embedding_dim)``.
     """
 
     def __init__(
@@ -137,6 +135,8 @@ class EmbeddingModel(nn.Module):
     ``(B, feature_dim, H, W)``; remove its classifier first, e.g. ``tv.fc = nn.Identity()`` for
     a torchvision ResNet or ``timm.create_model(name, num_classes=0)`` for timm.
 
+    **Shape:** ``(B, 3, H, W) -> (B, embedding_dim)``.
+
     Parameters
     ----------
     backbone : nn.Module
@@ -149,10 +149,6 @@ class EmbeddingModel(nn.Module):
         L2-normalise the embeddings (default ``False``, as for every metricface model).
     dropout : float
         Dropout before the projection (see :class:`EmbeddingHead`).
-
-    Shape
-    -----
-    ``(B, 3, H, W) -> (B, embedding_dim)``.
 
     Examples
     --------

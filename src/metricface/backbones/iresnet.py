@@ -53,6 +53,8 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 class IResNet(nn.Module):
     """Face ResNet of :class:`~metricface.backbones.IRBlock` stages with the "E" head.
 
+    **Shape:** ``(B, in_channels, *input_size) -> (B, embedding_dim)``.
+
     Parameters
     ----------
     layers : sequence of 4 ints
@@ -76,10 +78,6 @@ class IResNet(nn.Module):
         Squeeze-excitation in every block (IR-SE networks).
     in_channels : int
         Image channels, default 3.
-
-    Shape
-    -----
-    ``(B, in_channels, *input_size) -> (B, embedding_dim)``.
     """
 
     def __init__(

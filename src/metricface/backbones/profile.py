@@ -21,12 +21,12 @@ from metricface._validation import check_scalar
 __all__ = ["ModelProfile", "profile"]
 
 
-def _human(value: float) -> str:
-    """``43590848 -> '43.59 M'``."""
+def _human(value: float, unit: str) -> str:
+    """``(43590848, " params") -> '43.59 M params'``, ``(1.26e10, "FLOPs") -> '12.62 GFLOPs'``."""
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}"
-    return f"{value:g} "
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:g} {unit.strip()}"
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class ModelProfile:
     def __str__(self) -> str:
         shape = "x".join(str(s) for s in self.input_size)
         return (
-            f"{_human(self.params)}params ({_human(self.trainable_params)}trainable), "
-            f"{_human(self.flops_per_sample)}FLOPs per {shape} input"
+            f"{_human(self.params, ' params')} ({_human(self.trainable_params, ' trainable')}), "
+            f"{_human(self.flops_per_sample, 'FLOPs')} per {shape} input"
         )
 
 
@@ -92,7 +92,7 @@ def profile(
     --------
     >>> p = metricface.backbones.profile(metricface.backbones.resnet18(), (3, 224, 224))
     >>> p.params, round(p.flops / 1e9, 2)
-    (11689512, 3.64)
+    (11689512, 3.63)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -40,6 +40,9 @@ ResNetBlock = Type[Union[BasicBlock, Bottleneck, PreActBasicBlock, PreActBottlen
 class ResNet(nn.Module):
     """A four-stage residual network: stem, ``layer1..layer4``, global pooling and a head.
 
+    **Shape:** ``(B, in_channels, H, W) -> (B, num_classes)`` or ``(B, embedding_dim)``, for
+    any ``H, W >= 1`` (global average pooling).
+
     Parameters
     ----------
     block : type
@@ -50,7 +53,8 @@ class ResNet(nn.Module):
     num_classes : int
         Size of the ImageNet-style classifier ``fc``; ``0`` replaces it by
         :class:`torch.nn.Identity` so the network returns pooled features of size
-        ``512 * block.expansion``. Ignored when ``embedding_dim`` is given.
+        ``512 * block.expansion``. Must be left at its default (or 0) when
+        ``embedding_dim`` is given.
     embedding_dim : int, optional
         Replace the classifier by an :class:`~metricface.backbones.EmbeddingHead`
         (dropout, linear, BatchNorm1d) producing ``embedding_dim`` features, stored as ``fc``.
@@ -69,11 +73,6 @@ class ResNet(nn.Module):
         Add a squeeze-excitation module with this reduction to every block (SE-ResNet).
     in_channels : int
         Image channels, default 3.
-
-    Shape
-    -----
-    ``(B, in_channels, H, W) -> (B, num_classes)`` or ``(B, embedding_dim)``, for any
-    ``H, W >= 1`` (global average pooling).
     """
 
     def __init__(
@@ -101,6 +100,12 @@ class ResNet(nn.Module):
         check_scalar(num_classes, "num_classes", low=0, integer=True)
         check_scalar(in_channels, "in_channels", low=1, integer=True)
         check_scalar(dropout, "dropout", low=0.0, high=1.0, high_inclusive=False)
+        if embedding_dim is not None and num_classes not in (0, 1000):
+            raise ValueError(
+                "num_classes has no effect when embedding_dim is given (the classifier is "
+                f"replaced by the embedding head), got num_classes={num_classes}, "
+                f"embedding_dim={embedding_dim}"
+            )
         if embedding_dim is None and (normalize or dropout > 0):
             raise ValueError(
                 "normalize=True and dropout > 0 apply to the embedding head: "
