@@ -16,7 +16,9 @@ logits, the log-probabilities and their gradients) plus a normalised ``(C, D)`` 
 weight alive at once. Here the forward keeps exactly one ``(B, C)`` buffer that is turned in place
 into cosines, logits and finally softmax probabilities (saved for backward); the normalisation of
 the weight is folded into a per-class factor ``1/|w_j|`` so no normalised copy of the weight is
-made, and the backward builds one ``(B, C)`` gradient and the ``(C, D)`` weight gradient. The
+made; the backward turns the probabilities into the ``(B, C)`` gradient in place and allocates
+only the ``(C, D)`` weight gradient (so the function can be backpropagated once: a second
+backward with ``retain_graph=True`` raises). The
 margin's derivative is taken by autograd on the ``(B,)`` target cosines only.
 
 Precision: everything runs in float32 (float64 if the embeddings or the weight are float64);
@@ -25,7 +27,7 @@ the softmax in float32. Embeddings are normalised by :func:`unit_rows` (exact di
 nonzero finite row, no overflow), class centers by their norm clamped at ``1e-12`` as in
 :func:`torch.nn.functional.normalize`. The gradient of a normalisation divides by the norm
 clamped at ``1e-12`` too (about 0.015 for float16 inputs, so the gradient stays finite when cast
-back). Double backward is not supported.
+back). Double backward and repeated backward are not supported.
 """
 
 from __future__ import annotations
@@ -122,18 +124,26 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             loss = (row_max + row_sum.log()).squeeze(1) - target_logit
 
         ctx.scale, ctx.sub_centers, ctx.mm_dtype = scale, sub_centers, mm_dtype
+        ctx.consumed = False
         ctx.in_dtypes = (embeddings.dtype, weight.dtype)
         ctx.save_for_backward(x_unit, x_norm, w, w_norm, probs, labels, d_target, winner)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        if ctx.consumed:
+            raise RuntimeError(
+                "the margin-softmax loss reuses its softmax buffer for the gradient, so it can "
+                "be backpropagated only once (retain_graph is not supported); recompute the loss"
+            )
+        ctx.consumed = True
         x_unit, x_norm, w, w_norm, probs, labels, d_target, winner = ctx.saved_tensors
         dtype, mm = probs.dtype, ctx.mm_dtype
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(probs.device.type, enabled=False):
             g_row = grad_loss.to(dtype) * ctx.scale
-            grad = probs * g_row.unsqueeze(1)  # d loss / d cos, off-target columns
+            # d loss / d cos, off-target columns, written over the saved probabilities
+            grad = probs.mul_(g_row.unsqueeze(1))
             rows = torch.arange(grad.shape[0], device=grad.device)
             grad[rows, labels] = (grad[rows, labels] - g_row) * d_target
             if ctx.sub_centers > 1:
