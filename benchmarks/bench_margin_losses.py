@@ -1,8 +1,12 @@
 """Benchmark margin-softmax losses against pytorch-metric-learning: time and peak memory.
 
-Each (case, loss, library) runs in a fresh subprocess that builds the loss and a batch, warms up,
-times ``forward + backward`` (``zero_grad(set_to_none=True)`` first, as an optimiser step would)
-and then measures the peak memory of one more ``forward + backward``:
+Timing: one subprocess per (case, loss) builds both implementations on the same batch, warms
+each up once, then alternates their ``forward + backward`` steps (gradients set to ``None``
+first, as an optimiser's ``zero_grad`` does) and reports the median of ``--repeats`` steps each;
+alternating keeps load drift on a shared machine from favouring either side.
+
+Peak memory: a fresh subprocess per (case, loss, library) warms up once and measures one more
+step:
 
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
   memory allocated before the step (parameters, inputs).
@@ -96,8 +100,12 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(loss: str, lib: str, b: int, d: int, c: int, device: str, repeats: int) -> dict:
-    """Time and peak memory of one loss implementation (run in a subprocess)."""
+def _setup(loss: str, lib: str, b: int, d: int, c: int, device: str) -> Callable[[], None]:
+    """Build one implementation and a batch; return its ``forward + backward`` step.
+
+    The step first drops the gradients (as ``optimizer.zero_grad()`` does); ``step.clear()``
+    does only that.
+    """
     torch.manual_seed(0)
     factory = LOSSES[loss][0 if lib == "metricface" else 1]
     assert factory is not None
@@ -106,65 +114,66 @@ def measure(loss: str, lib: str, b: int, d: int, c: int, device: str, repeats: i
     labels = torch.randint(0, c, (b,), device=device)
     params = [emb, *module.parameters()]
 
-    def step() -> None:
+    def clear() -> None:
         for p in params:
             p.grad = None
-        module(emb, labels).backward()
 
-    def sync() -> None:
+    def step() -> None:
+        clear()
+        module(emb, labels).backward()
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2):
-        step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    step.clear = clear  # type: ignore[attr-defined]
+    return step
 
-    for p in params:
-        p.grad = None
+
+def measure_time(loss: str, libs: list[str], b: int, d: int, c: int, device: str, n: int) -> dict:
+    """Median step time of each library, their steps interleaved so load drift hits both."""
+    steps = {lib: _setup(loss, lib, b, d, c, device) for lib in libs}
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {lib: [] for lib in libs}
+    for _ in range(n):
+        for lib, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[lib].append(time.perf_counter() - t0)
+    return {lib: statistics.median(t) for lib, t in times.items()}
+
+
+def measure_memory(loss: str, lib: str, b: int, d: int, c: int, device: str) -> int:
+    """Peak memory (bytes) of one step beyond what the inputs and parameters hold."""
+    step = _setup(loss, lib, b, d, c, device)
+    step()  # warm-up (lazy initialisation, allocator)
+    step.clear()  # type: ignore[attr-defined]  # the step's own gradients count as its memory
     if device == "cuda":
-        sync()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
-        sync()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        step()
-        peak = (_rss_kib("VmHWM") - base) * 1024
-    return {"time_s": statistics.median(times), "peak_bytes": peak}
+        return torch.cuda.max_memory_allocated() - base
+    base = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    step()
+    return (_rss_kib("VmHWM") - base) * 1024
 
 
-def _run_child(args: argparse.Namespace, loss: str, lib: str, case: tuple[int, int, int]) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps([loss, lib, *case, args.device, args.repeats]),
-        "--threads",
-        str(args.threads),
-    ]
-    # glibc: serve every allocation above 64 KiB by mmap, so freed tensors leave the resident
-    # set at once and VmHWM reflects what the step really held at its peak
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+def _run_child(args: argparse.Namespace, job: list, memory: bool) -> object:
+    cmd = [sys.executable, __file__, "--child", json.dumps(job), "--threads", str(args.threads)]
+    env = dict(os.environ)
+    if memory:
+        # glibc: serve every allocation above 64 KiB by mmap, so freed tensors leave the
+        # resident set at once and VmHWM reflects what the step really held at its peak
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"{loss}/{lib} {case} failed:\n{out.stderr}")
+        raise RuntimeError(f"{job} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _fmt(res: Optional[dict]) -> tuple[str, str]:
-    if res is None:
-        return "-", "-"
-    return f"{res['time_s'] * 1e3:.0f} ms", f"{res['peak_bytes'] / 2**20:.0f} MiB"
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -180,8 +189,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(args.threads)
 
     if args.child:
-        loss, lib, b, d, c, device, repeats = json.loads(args.child)
-        print(json.dumps(measure(loss, lib, b, d, c, device, repeats)))
+        job = json.loads(args.child)
+        if job[0] == "time":
+            print(json.dumps(measure_time(*job[1:])))
+        else:
+            print(json.dumps(measure_memory(*job[1:])))
         return
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -200,19 +212,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     for spec in cases:
         b, d, c = (int(v) for v in spec.split(","))
         for loss in losses:
-            ours = _run_child(args, loss, "metricface", (b, d, c))
-            peer = None if LOSSES[loss][1] is None else _run_child(args, loss, "pml", (b, d, c))
-            t_ours, m_ours = _fmt(ours)
-            t_peer, m_peer = _fmt(peer)
-            t_ratio = m_ratio = "-"
-            if peer is not None:
-                t_ratio = f"{peer['time_s'] / ours['time_s']:.2f}x faster"
-                m_ratio = f"{ours['peak_bytes'] / max(peer['peak_bytes'], 1):.2f}"
-            print(
-                f"| {loss}, {b}, {d}, {c} | {t_ours} | {t_peer} | {t_ratio} "
-                f"| {m_ours} | {m_peer} | {m_ratio} |",
-                flush=True,
+            has_peer = LOSSES[loss][1] is not None
+            libs = ["metricface", "pml"] if has_peer else ["metricface"]
+            times = _run_child(
+                args, ["time", loss, libs, b, d, c, args.device, args.repeats], False
             )
+            mem = {
+                lib: _run_child(args, ["memory", loss, lib, b, d, c, args.device], True)
+                for lib in libs
+            }
+            row = [f"{loss}, {b}, {d}, {c}", f"{times['metricface'] * 1e3:.0f} ms"]
+            if has_peer:
+                row += [
+                    f"{times['pml'] * 1e3:.0f} ms",
+                    f"{times['pml'] / times['metricface']:.2f}x faster",
+                    _mib(mem["metricface"]),
+                    _mib(mem["pml"]),
+                    f"{mem['metricface'] / max(mem['pml'], 1):.2f}",
+                ]
+            else:
+                row += ["-", "-", _mib(mem["metricface"]), "-", "-"]
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ where ``cos'`` equals ``cos`` except ``cos'[i, y_i] = margin(cos[i, y_i])``, and
 with respect to the embeddings ``x`` and the class centers ``w``, as one autograd function.
 
 Why a custom function: the composition of ``normalize``, ``linear``, ``scatter`` and
-``cross_entropy`` keeps several ``(B, C)`` tensors (the normalised weight, the cosines, the
-logits, the log-probabilities and their gradients) plus a normalised ``(C, D)`` copy of the
-weight alive at once. Here the forward keeps exactly one ``(B, C)`` buffer that is turned in place
-into cosines, logits and finally softmax probabilities (saved for backward); the normalisation of
-the weight is folded into a per-class factor ``1/|w_j|`` so no normalised copy of the weight is
-made, and the backward builds one ``(B, C)`` gradient and the ``(C, D)`` weight gradient. The
-margin's derivative is taken by autograd on the ``(B,)`` target cosines only.
+``cross_entropy`` keeps several ``(B, C)`` tensors (the cosines, the logits, the
+log-probabilities and their gradients) plus a normalised ``(C, D)`` copy of the weight alive at
+once. Here the forward keeps exactly one ``(B, C)`` buffer, turned in place from logits into
+``exp(logit - row max)`` and saved for backward; the normalisation of the weight is folded into
+a per-class factor ``1/|w_j|``, so no normalised copy of the weight is made. The backward turns
+the saved buffer into the ``(B, C)`` gradient in place and allocates only the ``(C, D)`` weight
+gradient, so the function can be backpropagated once (a second backward with
+``retain_graph=True`` raises). The margin's derivative is taken by autograd on the ``(B,)``
+target cosines only.
 
 Precision: everything runs in float32 (float64 if the embeddings or the weight are float64);
 under autocast the two matrix products run in the autocast dtype, as ``nn.Linear`` would, and
@@ -25,7 +27,7 @@ the softmax in float32. Embeddings are normalised by :func:`unit_rows` (exact di
 nonzero finite row, no overflow), class centers by their norm clamped at ``1e-12`` as in
 :func:`torch.nn.functional.normalize`. The gradient of a normalisation divides by the norm
 clamped at ``1e-12`` too (about 0.015 for float16 inputs, so the gradient stays finite when cast
-back). Double backward is not supported.
+back). Double backward and repeated backward are not supported.
 """
 
 from __future__ import annotations
@@ -95,15 +97,16 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             w_norm = torch.linalg.vector_norm(w, dim=1)
             w_inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
 
-            # the one (B, C) buffer: cosines -> logits -> probabilities
-            buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype).mul_(w_inv)
+            # the one (B, C) buffer: scaled cosines (logits) -> exp(logit - row max)
+            buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype)
+            buf.mul_(w_inv * scale)
             winner = None
             if sub_centers > 1:
                 buf, winner = buf.unflatten(1, (-1, sub_centers)).max(dim=2)
                 winner = winner.to(torch.uint8 if sub_centers < 256 else torch.int64)
 
             rows = torch.arange(buf.shape[0], device=buf.device)
-            target = buf[rows, labels]
+            target = buf[rows, labels] / scale
             with torch.enable_grad():
                 t = target.detach().requires_grad_(True)
                 new_target = margin(t)
@@ -113,27 +116,33 @@ class _FusedMarginSoftmax(torch.autograd.Function):
                     d_target = torch.zeros_like(t)
             target_logit = new_target.detach().to(dtype) * scale
 
-            logits = buf.mul_(scale)
-            logits[rows, labels] = target_logit
-            row_max = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(row_max).exp_()
-            row_sum = probs.sum(dim=1, keepdim=True)
-            probs.div_(row_sum)
-            loss = (row_max + row_sum.log()).squeeze(1) - target_logit
+            buf[rows, labels] = target_logit
+            row_max = buf.amax(dim=1, keepdim=True)
+            exps = buf.sub_(row_max).exp_()  # softmax = exps / row_sum, divided in backward
+            row_sum = exps.sum(dim=1)
+            loss = row_max.squeeze(1) + row_sum.log() - target_logit
 
         ctx.scale, ctx.sub_centers, ctx.mm_dtype = scale, sub_centers, mm_dtype
+        ctx.consumed = False
         ctx.in_dtypes = (embeddings.dtype, weight.dtype)
-        ctx.save_for_backward(x_unit, x_norm, w, w_norm, probs, labels, d_target, winner)
+        ctx.save_for_backward(x_unit, x_norm, w, w_norm, exps, row_sum, labels, d_target, winner)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        x_unit, x_norm, w, w_norm, probs, labels, d_target, winner = ctx.saved_tensors
-        dtype, mm = probs.dtype, ctx.mm_dtype
+        if ctx.consumed:
+            raise RuntimeError(
+                "the margin-softmax loss reuses its softmax buffer for the gradient, so it can "
+                "be backpropagated only once (retain_graph is not supported); recompute the loss"
+            )
+        ctx.consumed = True
+        x_unit, x_norm, w, w_norm, exps, row_sum, labels, d_target, winner = ctx.saved_tensors
+        dtype, mm = exps.dtype, ctx.mm_dtype
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.autocast(probs.device.type, enabled=False):
+        with torch.autocast(exps.device.type, enabled=False):
             g_row = grad_loss.to(dtype) * ctx.scale
-            grad = probs * g_row.unsqueeze(1)  # d loss / d cos, off-target columns
+            # d loss / d cos = s * g * (softmax - one_hot), written over the saved exps
+            grad = exps.mul_((g_row / row_sum).unsqueeze(1))
             rows = torch.arange(grad.shape[0], device=grad.device)
             grad[rows, labels] = (grad[rows, labels] - g_row) * d_target
             if ctx.sub_centers > 1:
