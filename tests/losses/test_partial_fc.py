@@ -11,7 +11,14 @@ from distributed_harness import run_distributed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metricface.losses import PartialFCLoss, shard_range
+from metricface.losses import (
+    ArcFaceLoss,
+    ArcFaceMargin,
+    CosFaceLoss,
+    CosFaceMargin,
+    PartialFCLoss,
+    shard_range,
+)
 
 SCALE = 32.0
 
@@ -73,6 +80,31 @@ def test_full_rate_equals_dense(chunk_size):
     torch.testing.assert_close(x.grad, ref_gx)
     torch.testing.assert_close(loss_fn.weight.grad, ref_gw)
     assert loss_fn.last_sampled is None
+
+
+def test_default_margin_is_arcface_half_radian():
+    assert PartialFCLoss(10, 4).margin == ArcFaceMargin(0.5)
+
+
+@pytest.mark.parametrize(
+    "dense_cls, margin", [(ArcFaceLoss, ArcFaceMargin(0.5)), (CosFaceLoss, CosFaceMargin(0.35))]
+)
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_full_rate_equals_library_dense_loss(dense_cls, margin, chunk_size):
+    torch.manual_seed(2)
+    dense = dense_cls(100, 16).double()
+    ours = PartialFCLoss(100, 16, margin, chunk_size=chunk_size, dtype=torch.float64)
+    ours.load_full_state_dict(dense.state_dict())
+    x = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 100, (12,))
+    results = []
+    for loss_fn in (ours, dense):
+        x.grad = None
+        loss = loss_fn(x, y)
+        loss.backward()
+        results.append((loss.detach(), x.grad.clone(), loss_fn.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])

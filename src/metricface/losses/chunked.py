@@ -32,7 +32,7 @@ from metricface._validation import check_embeddings, check_labels, check_scalar
 
 __all__ = ["chunked_margin_cross_entropy"]
 
-Margin = Callable[[torch.Tensor], torch.Tensor]
+_MarginFn = Callable[[torch.Tensor], torch.Tensor]
 
 _EPS = 1e-12  # as torch.nn.functional.normalize
 _REDUCTIONS = ("mean", "sum", "none")
@@ -102,7 +102,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         embeddings: torch.Tensor,
         weight: torch.Tensor,
         local_labels: torch.Tensor,
-        margin: Margin,
+        margin: _MarginFn,
         scale: float,
         chunk_size: int,
         reduction: str,
@@ -230,7 +230,7 @@ def chunked_margin_cross_entropy(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    margin: Margin,
+    margin: _MarginFn,
     scale: float = 64.0,
     chunk_size: int = 8192,
     reduction: str = "mean",
@@ -262,7 +262,7 @@ def chunked_margin_cross_entropy(
     margin : callable
         Maps the target cosines, a float32 (or float64) tensor of shape ``(B,)`` clamped to
         ``[-1, 1]``, to the modified target cosines of the same shape (before scaling), e.g.
-        ``metricface.losses.functional.ArcFaceMargin(0.5)``. Must be differentiable by
+        :class:`~metricface.losses.ArcFaceMargin`. Must be differentiable by
         autograd; its derivative is taken in the backward pass (parameters of the margin, if
         any, receive no gradient).
     scale : float
@@ -286,11 +286,10 @@ def chunked_margin_cross_entropy(
 
     Examples
     --------
-    >>> from metricface.losses.chunked import chunked_margin_cross_entropy
+    >>> from metricface.losses import CosFaceMargin, chunked_margin_cross_entropy
     >>> x, w = torch.randn(4, 8), torch.randn(100, 8)
     >>> y = torch.tensor([0, 5, 99, 5])
-    >>> cosface = lambda cos: cos - 0.35
-    >>> loss = chunked_margin_cross_entropy(x, w, y, cosface, scale=30.0, chunk_size=16)
+    >>> loss = chunked_margin_cross_entropy(x, w, y, CosFaceMargin(0.35), 30.0, chunk_size=16)
     >>> loss.shape
     torch.Size([])
     """
@@ -307,7 +306,7 @@ def _margin_cross_entropy_shard(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
     local_labels: torch.Tensor,
-    margin: Margin,
+    margin: _MarginFn,
     scale: float,
     chunk_size: int,
     reduction: str,
