@@ -37,12 +37,16 @@ def dense_reference(x, w, y, margin=arcface_safe, scale=SCALE):
     return F.cross_entropy(logits, y)
 
 
-def _reference_grads(x, w, y):
+def _reference_grads_with(x, w, y, margin, scale):
     x = x.detach().double().requires_grad_(True)
     w = w.detach().double().requires_grad_(True)
-    loss = dense_reference(x, w, y)
+    loss = dense_reference(x, w, y, margin, scale)
     loss.backward()
     return loss.detach(), x.grad, w.grad
+
+
+def _reference_grads(x, w, y):
+    return _reference_grads_with(x, w, y, arcface_safe, SCALE)
 
 
 # --------------------------------------------------------------------------- shard layout
@@ -152,6 +156,29 @@ def test_sampling_invariants(num_classes, rate, labels, seed):
     assert index == sorted(set(index)) and positives <= set(index)
     assert len(index) == max(int(rate * num_classes), len(positives))
     assert all(0 <= i < num_classes for i in index)
+
+
+def test_on_device_with_sampling_and_chunks(device):
+    torch.manual_seed(3)
+    loss_fn = PartialFCLoss(500, 16, sample_rate=0.3, chunk_size=64, device=device)
+    assert loss_fn.weight.device.type == device.type
+    x = torch.randn(24, 16, device=device, requires_grad=True)
+    y = torch.randint(0, 500, (24,), device=device)
+    loss = loss_fn(x, y)
+    loss.backward()
+    index = loss_fn.last_sampled.cpu()
+    assert index.numel() == 150 and set(y.tolist()) <= set(index.tolist())
+    remapped = torch.searchsorted(index, y.cpu())
+    ref_loss, ref_gx, ref_gw = _reference_grads_with(
+        x.cpu(), loss_fn.weight.cpu()[index], remapped, ArcFaceMargin(0.5), 64.0
+    )
+    torch.testing.assert_close(loss.detach().cpu().double(), ref_loss, rtol=1e-5, atol=0)
+    tol = 1e-5 * ref_gx.abs().max().item()
+    torch.testing.assert_close(x.grad.cpu().double(), ref_gx, rtol=1e-5, atol=tol)
+    tol = 1e-5 * ref_gw.abs().max().item()
+    torch.testing.assert_close(
+        loss_fn.weight.grad.cpu()[index].double(), ref_gw, rtol=1e-5, atol=tol
+    )
 
 
 def test_sampling_keeps_all_positives_beyond_the_rate():
