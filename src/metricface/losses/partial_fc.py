@@ -40,7 +40,7 @@ Every rank returns the same loss, the mean over the global batch. Gradients:
 * each rank's input embeddings receive the gradient of the global loss with respect to them
   (the all-gather's backward sums the shards' contributions). A backbone wrapped in DDP then
   gets its gradients averaged over ranks, which is ``1 / W`` times the gradient of the global
-  loss: scale the backbone's learning rate by ``W`` (or its loss) to match one process
+  loss: scale the backbone's learning rate by ``W`` to match one process
   training on the whole global batch.
 
 Collectives used: all-gather, all-reduce (sum and max) and broadcast, all on tensors living on
