@@ -140,14 +140,17 @@ def test_sampling_scores_positives_plus_random_negatives(chunk_size):
     rate=st.floats(0.01, 1.0),
     labels=st.lists(st.integers(0, 59), min_size=1, max_size=12),
     seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
 )
-def test_sampling_invariants(num_classes, rate, labels, seed):
+def test_sampling_invariants(num_classes, rate, labels, seed, dtype):
     y = torch.tensor([v % num_classes for v in labels])
-    loss_fn = PartialFCLoss(num_classes, 3, margin=arcface_safe, sample_rate=rate)
+    loss_fn = PartialFCLoss(num_classes, 3, sample_rate=rate, chunk_size=7)
     torch.manual_seed(seed)
-    x = torch.randn(len(y), 3)
+    x = torch.randn(len(y), 3).to(dtype).requires_grad_(True)
     loss = loss_fn(x, y)
-    assert torch.isfinite(loss)
+    loss.backward()
+    assert loss.dtype == dtype and torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(loss_fn.weight.grad).all()
     positives = set(y.tolist())
     if rate == 1.0:
         assert loss_fn.last_sampled is None
