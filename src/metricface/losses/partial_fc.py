@@ -4,7 +4,7 @@
 three independent ideas, each of which can be used alone:
 
 **Chunking** (``chunk_size``): the softmax is evaluated over blocks of classes with an online
-log-sum-exp (:func:`~metricface.losses.chunked_margin_cross_entropy`), so the
+log-sum-exp (:func:`~metricface.losses.chunked.chunked_margin_cross_entropy`), so the
 ``(B, C)`` logits and their gradient are never held in memory at once.
 
 **Class-center sampling** (``sample_rate < 1``): each step scores the batch against every
