@@ -324,7 +324,27 @@ def _sharded_worker(rank: int, world_size: int):
     loss.backward()
     out["t_loss"], out["t_gx"], out["t_gw"] = loss.detach(), local_x.grad.clone(), tiny.weight.grad
     out["t_full"] = tiny.gather_weight()
+    # the documented DDP recipe: backbone in DDP, head outside; DDP averages the backbone's
+    # gradients, so they are 1 / world_size of the global loss's gradient
+    backbone = _backbone()
+    ddp = torch.nn.parallel.DistributedDataParallel(backbone)
+    head = PartialFCLoss(NUM_CLASSES, DIM, margin=arcface_safe, scale=SCALE, dtype=torch.float64)
+    head.load_full_weight(w)
+    head(ddp(_inputs()[start : start + SIZES[rank]]), local_y).backward()
+    out["ddp_grad"] = backbone.weight.grad.clone()
+    out["ddp_head_grad"] = head.weight.grad.clone()
     return out
+
+
+def _backbone() -> torch.nn.Linear:
+    torch.manual_seed(7)
+    return torch.nn.Linear(3, DIM, dtype=torch.float64)
+
+
+def _inputs() -> torch.Tensor:
+    return torch.randn(
+        sum(SIZES), 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+    )
 
 
 @pytest.mark.distributed
@@ -358,6 +378,14 @@ def test_sharded_equals_single_process_dense():
         torch.testing.assert_close(out["s_loss"], s_loss)
         torch.testing.assert_close(out["s_gx"], s_gx[b0 : b0 + SIZES[rank]])
         torch.testing.assert_close(out["s_gw"], full_gw[start:stop], rtol=1e-7, atol=0)
+
+    backbone = _backbone()
+    w_ref = w.clone().requires_grad_(True)
+    dense_reference(backbone(_inputs()), w_ref, y).backward()
+    for rank, out in enumerate(results):
+        start, stop = shard_range(NUM_CLASSES, 2, rank)
+        torch.testing.assert_close(out["ddp_grad"], backbone.weight.grad / 2)
+        torch.testing.assert_close(out["ddp_head_grad"], w_ref.grad[start:stop])
 
     t_loss, t_gx, t_gw = _reference_grads(x, w[:1], torch.zeros_like(y))
     assert results[1]["t_gw"].shape == (0, DIM)
