@@ -87,7 +87,12 @@ def test_full_rate_equals_dense(chunk_size):
 
 
 def test_default_margin_is_arcface_half_radian():
-    assert PartialFCLoss(10, 4).margin == ArcFaceMargin(0.5)
+    loss_fn = PartialFCLoss(10, 4, sample_rate=0.5, chunk_size=3)
+    assert loss_fn.margin == ArcFaceMargin(0.5)
+    assert repr(loss_fn) == (
+        "PartialFCLoss(num_classes=10, embedding_dim=4, margin=ArcFaceMargin(margin=0.5, "
+        "easy_margin=False), scale=64.0, sample_rate=0.5, chunk_size=3)"
+    )
 
 
 @pytest.mark.parametrize(

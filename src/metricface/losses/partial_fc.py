@@ -223,7 +223,7 @@ class PartialFCLoss(nn.Module):
             shard = f", shard=[{self.class_start}, {self.class_stop}) of {self.world_size} ranks"
         return (
             f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
-            f"scale={self.scale}, sample_rate={self.sample_rate}, "
+            f"margin={self.margin!r}, scale={self.scale}, sample_rate={self.sample_rate}, "
             f"chunk_size={self.chunk_size}{shard}"
         )
 
