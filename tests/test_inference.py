@@ -164,6 +164,7 @@ def test_non_finite_output_is_reported():
         ),
         (None, [{"pixels": torch.zeros(1, 3, 8, 8)}], {}, ValueError, "expected one of the keys"),
         (None, [(torch.zeros(2, 3, 8, 8), torch.zeros(2))], {}, ValueError, "must be 2 integers"),
+        (None, [(torch.zeros(2, 3, 8, 8), ("ann", "bob"))], {}, ValueError, "does not convert"),
         (
             None,
             [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), torch.zeros(1, 3, 8, 8)],

@@ -98,3 +98,28 @@ def test_plot_bad_input(scores):
         plot_embeddings(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), method="umap")
     with pytest.raises(ValueError, match="same length"):
         plot_roc(y[:-1], s)
+
+
+def test_curves_share_axes_and_keep_the_widest_range(scores):
+    y, s = scores
+    rng = np.random.default_rng(2)
+    y_big = rng.random(50_000) < 0.1
+    s_big = rng.normal(size=y_big.size) + 2.5 * y_big
+    ax = plot_roc(y_big, s_big, label="big")
+    left = ax.get_xlim()[0]
+    assert left == pytest.approx(0.5 / (~y_big).sum())
+    plot_roc(y, s, ax=ax, label="small")  # coarser resolution must not crop the first curve
+    assert ax.get_xlim()[0] == pytest.approx(left)
+    det = plot_det(y_big, s_big)
+    labels = [t.get_text() for t in det.get_xticklabels()]
+    assert "0.01" in labels and "0.0001" not in labels  # down to 0.5 / n_impostor ~ 1e-5
+    assert det.get_xlim()[0] == pytest.approx(norm.ppf(0.5 / (~y_big).sum()))
+
+
+def test_missing_matplotlib_names_the_extra(scores, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # import now fails
+    y, s = scores
+    with pytest.raises(ImportError, match=r"to plot a ROC curve.*pip install 'metricface\[plot\]'"):
+        plot_roc(y, s)

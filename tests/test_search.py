@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import metricface.search as search_module
@@ -58,6 +58,7 @@ def test_chunked_search_equals_full_matrix_with_exact_ties(problem, metric):
     assert torch.equal(scores, ref_scores)
 
 
+@settings(max_examples=20)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.sampled_from(["cosine", "euclidean"]))
 def test_float32_search_matches_float64_reference(seed, chunk, metric):
     gen = torch.Generator().manual_seed(seed)
@@ -180,3 +181,13 @@ def test_validation(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         search(args.pop("probes"), args.pop("gallery"), args.pop("k"), **args)
+
+
+def test_finite_check_handles_overflowing_sums():
+    # the sum of these finite values overflows to inf: validation must still accept them
+    big = torch.full((3, 2), 3e38)
+    scores, indices = search(torch.ones(1, 2), big, 2, use_faiss=False)
+    assert indices.tolist() == [[0, 1]]
+    torch.testing.assert_close(scores, torch.ones(1, 2))  # the norm did not overflow
+    with pytest.raises(ValueError, match="got 1 NaN or infinite entry"):
+        search(torch.ones(1, 2), torch.tensor([[1.0, -float("inf")], [1.0, 1.0]]), 1)

@@ -68,3 +68,52 @@ def test_check_labels_messages():
         check_labels(torch.tensor([-1, 2]), 2, num_classes=5)
     y = torch.tensor([0, 4])
     assert check_labels(y, 2, num_classes=5) is y
+
+
+def test_as_tensor_converts_arrays_and_sequences():
+    import numpy as np
+
+    from metricface._validation import as_tensor
+
+    t = torch.arange(3)
+    assert as_tensor(t, "x") is t
+    a = np.arange(4.0)
+    converted = as_tensor(a, "x")
+    assert converted.dtype == torch.float64 and converted.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert as_tensor([1, 2], "x").tolist() == [1, 2]
+    with pytest.raises(TypeError, match="x must hold numbers, got a NumPy array of dtype <U1"):
+        as_tensor(np.array(["a"]), "x")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor or a NumPy array, got dict"):
+        as_tensor({}, "x")
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=16), min_size=1, max_size=20))
+def test_check_finite_agrees_with_isfinite(values):
+    from metricface._validation import check_finite
+
+    t = torch.tensor(values, dtype=torch.float16)
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        with pytest.raises(
+            ValueError, match=rf"scores must contain only finite values, got {bad} "
+        ):
+            check_finite(t, "scores")
+    else:  # includes sums that overflow float16 although every entry is finite
+        assert check_finite(t, "scores") is t
+
+
+def test_check_label_array_accepts_lists_arrays_tensors():
+    import numpy as np
+
+    from metricface._validation import check_label_array
+
+    for labels in ([3, 1, 2], np.array([3, 1, 2], dtype=np.uint8), torch.tensor([3, 1, 2])):
+        out = check_label_array(labels)
+        assert out.dtype == np.int64 and out.tolist() == [3, 1, 2]
+    assert check_label_array([]).shape == (0,)
+    with pytest.raises(TypeError, match="labels must have an integer dtype, got float64"):
+        check_label_array([1.5])
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\), got shape \(1, 2\)"):
+        check_label_array([[1, 2]])
+    with pytest.raises(TypeError, match="labels must be a 1-D sequence"):
+        check_label_array("abc")

@@ -14,18 +14,40 @@ metrics
     Verification (EER, ROC, DET, TAR@FAR), identification and clustering metrics.
 data
     Identity folders, pair lists, a built-in synthetic face set and transform presets.
+
+Modules: ``distances`` (pairwise distances), ``distributed`` (gathering across ranks),
+``search`` (chunked gallery search), ``inference`` (:func:`~metricface.inference.embed`),
+``checkpoint`` (atomic, safe checkpoints) and ``plots`` (needs the ``plot`` extra).
 """
 
-from metricface import backbones, data, distributed, losses, metrics, miners, samplers
+from metricface import (
+    backbones,
+    checkpoint,
+    data,
+    distances,
+    distributed,
+    inference,
+    losses,
+    metrics,
+    miners,
+    plots,
+    samplers,
+    search,
+)
 from metricface._version import __version__
 
 __all__ = [
     "__version__",
     "backbones",
+    "checkpoint",
     "data",
+    "distances",
     "distributed",
+    "inference",
     "losses",
     "metrics",
     "miners",
+    "plots",
     "samplers",
+    "search",
 ]

@@ -46,7 +46,13 @@ def _split_batch(batch: Any, index: int) -> tuple[torch.Tensor, Any]:
 
 
 def _as_label_tensor(labels: Any, n: int, index: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels).detach().cpu()
+    try:
+        labels = torch.as_tensor(labels).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"labels of batch {index} must be {n} integers (one per image), got "
+            f"{type(labels).__name__} that does not convert to a tensor"
+        ) from exc
     if labels.is_floating_point() or labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(
             f"labels of batch {index} must be {n} integers (one per image), got dtype "

@@ -20,7 +20,7 @@ from metricface.metrics.verification import eer_from_points, operating_points
 __all__ = ["plot_det", "plot_embeddings", "plot_roc", "plot_score_histogram"]
 
 # tick positions of a NIST-style DET plot, as error rates
-_DET_TICKS = (1e-4, 1e-3, 1e-2, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99)
+_DET_TICKS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 
 
 def axes_or_new(ax: Any, purpose: str) -> Any:
@@ -52,12 +52,15 @@ def draw_roc(
     ax: Any, fpr: np.ndarray, tpr: np.ndarray, eer: float, n_neg: int, label: str | None, **kw: Any
 ) -> Any:
     """ROC on a log FAR axis with the EER point marked (shared with the report)."""
+    left = min(0.5 / n_neg, 1e-1)  # FAR resolution of the data
+    if ax.lines:  # another curve is already there: keep its range visible too
+        left = min(left, ax.get_xlim()[0])
     keep = _thin(fpr, tpr)
     fpr, tpr = fpr[keep], tpr[keep]
-    (line,) = ax.plot(fpr, tpr, drawstyle="default", label=label, **kw)
+    (line,) = ax.plot(fpr, tpr, label=label, **kw)
     ax.plot([eer], [1 - eer], "o", color=line.get_color(), label=f"EER = {100 * eer:.2f}%")
     ax.set_xscale("log")
-    ax.set_xlim(min(0.5 / n_neg, 1e-1), 1.0)
+    ax.set_xlim(left, 1.0)
     ax.set_ylim(0.0, 1.01)
     ax.set_xlabel("False accept rate (FAR)")
     ax.set_ylabel("True accept rate (TAR)")
@@ -67,10 +70,20 @@ def draw_roc(
 
 
 def draw_det(
-    ax: Any, fpr: np.ndarray, fnr: np.ndarray, eer: float, label: str | None, **kw: Any
+    ax: Any,
+    fpr: np.ndarray,
+    fnr: np.ndarray,
+    eer: float,
+    n_neg: int,
+    n_pos: int,
+    label: str | None,
+    **kw: Any,
 ) -> Any:
     """DET on normal-deviate axes with the EER point marked (shared with the report)."""
     norm = require("scipy.stats").norm
+    low = max(min(0.5 / n_neg, 0.5 / n_pos, 1e-3), _DET_TICKS[0])  # resolution of the data
+    if ax.lines:  # another curve is already there: keep its range visible too
+        low = min(low, float(norm.cdf(ax.get_xlim()[0])))
     keep = _thin(fpr, 1 - fnr)
     fpr, fnr = fpr[keep], fnr[keep]
     ok = (fpr > 0) & (fnr > 0)  # a zero rate is at -inf on this axis
@@ -78,16 +91,18 @@ def draw_det(
     if 0 < eer < 1:
         z = norm.ppf(eer)
         ax.plot([z], [z], "o", color=line.get_color(), label=f"EER = {100 * eer:.2f}%")
-    ticks = norm.ppf(_DET_TICKS)
-    names = [f"{100 * t:g}" for t in _DET_TICKS]
+    shown = [v for v in _DET_TICKS if v >= low * (1 - 1e-9)]
+    ticks = norm.ppf(shown)
+    names = [f"{100 * v:g}" for v in shown]
+    lim = (float(norm.ppf(low)), float(ticks[-1]))
     for set_ticks, set_labels, set_lim in (
         (ax.set_xticks, ax.set_xticklabels, ax.set_xlim),
         (ax.set_yticks, ax.set_yticklabels, ax.set_ylim),
     ):
         set_ticks(ticks)
         set_labels(names)
-        set_lim(ticks[0], ticks[-1])
-    ax.plot([ticks[0], ticks[-1]], [ticks[0], ticks[-1]], ":", color="grey", lw=0.8)
+        set_lim(*lim)
+    ax.plot(lim, lim, ":", color="grey", lw=0.8)
     ax.set_xlabel("False accept rate (%)")
     ax.set_ylabel("False reject rate (%)")
     ax.grid(True, alpha=0.3)
@@ -146,7 +161,8 @@ def plot_det(
     op = operating_points(*check_binary_scores(y_true, y_score))
     ax = axes_or_new(ax, "plot a DET curve")
     fnr = (op.n_pos - op.tps) / op.n_pos
-    return draw_det(ax, op.fpr, fnr, eer_from_points(op)[0], label, **kwargs)
+    eer = eer_from_points(op)[0]
+    return draw_det(ax, op.fpr, fnr, eer, op.n_neg, op.n_pos, label, **kwargs)
 
 
 def plot_score_histogram(

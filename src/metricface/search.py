@@ -61,7 +61,10 @@ def _prepare(x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.dev
     """Move/cast one block and precompute what :func:`_similarity` needs for it."""
     x = x.to(device=device, dtype=dtype)
     if metric == "cosine":
-        return F.normalize(x, dim=1), None
+        # scale by the largest entry first so that the norm of huge (finite) rows cannot
+        # overflow; an all-zero row stays zero
+        scale = x.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)
+        return F.normalize(x / scale, dim=1), None
     if metric == "euclidean":
         return x, x.square().sum(1)
     return x, None
@@ -83,22 +86,34 @@ def _similarity(p, g) -> torch.Tensor:
 def _top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``k`` of each row, largest first, ties broken towards the smaller column.
 
-    ``torch.topk`` picks an arbitrary subset of the entries tied with the k-th value; here
-    exactly the leftmost ones are kept, in O(columns) extra work per row.
+    ``torch.topk`` picks an arbitrary subset of the entries tied with the k-th value. Rows
+    whose ``(k+1)``-th value differs from the k-th (almost all, for real-valued scores) only
+    need their k winners re-ordered; the other rows keep exactly the leftmost tied entries.
     """
-    rows, cols = values.shape
+    cols = values.shape[1]
     if k >= cols:
         order = values.argsort(dim=1, descending=True, stable=True)
         return values.gather(1, order), order
-    kth = values.topk(k, dim=1).values[:, -1:]
-    greater = values > kth
-    equal = values == kth
-    need = k - greater.sum(1, keepdim=True)
-    take = greater | (equal & (equal.cumsum(1) <= need))
-    idx = take.nonzero()[:, 1].view(rows, k)  # row-major: columns ascending within a row
-    vals = values.gather(1, idx)
-    order = vals.argsort(dim=1, descending=True, stable=True)
-    return vals.gather(1, order), idx.gather(1, order)
+    top = values.topk(k + 1, dim=1)
+    boundary_tie = top.values[:, k] == top.values[:, k - 1]
+    idx, perm = top.indices[:, :k].sort(dim=1)  # increasing column ...
+    vals = top.values[:, :k].gather(1, perm)
+    order = vals.argsort(dim=1, descending=True, stable=True)  # ... within equal values
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    if bool(boundary_tie.any()):
+        tied_rows = boundary_tie.nonzero()[:, 0]
+        sub = values[tied_rows]
+        kth = top.values[tied_rows, k - 1 : k]
+        greater = sub > kth
+        equal = sub == kth
+        need = k - greater.sum(1, keepdim=True)
+        take = greater | (equal & (equal.cumsum(1) <= need))
+        sub_idx = take.nonzero()[:, 1].view(-1, k)  # row-major: columns ascending per row
+        sub_vals = sub.gather(1, sub_idx)
+        order = sub_vals.argsort(dim=1, descending=True, stable=True)
+        vals[tied_rows] = sub_vals.gather(1, order)
+        idx[tied_rows] = sub_idx.gather(1, order)
+    return vals, idx
 
 
 def _faiss() -> ModuleType | None:
@@ -143,7 +158,8 @@ def search(
     k : int
         Number of neighbours per probe, ``1 <= k <= G``.
     metric : {"cosine", "dot", "euclidean"}
-        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer);
+        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer; an
+        all-zero embedding has similarity 0 with everything);
         ``"dot"``: raw inner product (higher = closer); ``"euclidean"``: Euclidean distance
         (lower = closer).
     chunk_size : int
@@ -198,15 +214,17 @@ def search(
             scores, indices = _search_faiss(faiss, probes.cpu(), gallery.cpu(), k, metric)
             return scores.to(out_device), indices.to(out_device)
 
-    p_all = probes.to(device)
-    n_probes = p_all.shape[0]
+    n_probes = probes.shape[0]
+    p_blocks = [
+        _prepare(probes[s : s + chunk_size], metric, dtype, device)
+        for s in range(0, n_probes, chunk_size)
+    ]
     best_vals = torch.empty(n_probes, 0, dtype=dtype, device=device)
     best_idx = torch.empty(n_probes, 0, dtype=torch.long, device=device)
     for g_start in range(0, gallery.shape[0], chunk_size):
         g = _prepare(gallery[g_start : g_start + chunk_size], metric, dtype, device)
         vals_parts, idx_parts = [], []
-        for p_start in range(0, n_probes, chunk_size):
-            p = _prepare(p_all[p_start : p_start + chunk_size], metric, dtype, device)
+        for p_start, p in zip(range(0, n_probes, chunk_size), p_blocks):
             vals, idx = _top_k_stable(_similarity(p, g), k)
             # Earlier chunks hold smaller gallery indices and come first in the concatenation,
             # so a stable sort keeps ties in increasing index order.

@@ -14,6 +14,7 @@ from metricface.metrics import (
     ScoreHistogram,
     all_pairs_histogram,
     equal_error_rate,
+    roc_auc,
     roc_curve,
     tar_at_far,
 )
@@ -91,6 +92,7 @@ def test_histogram_eer_within_stated_bound(data, bins):
     lo, hi = hist.eer_bounds()
     assert lo - 1e-12 <= exact <= hi + 1e-12
     assert lo - 1e-12 <= hist.equal_error_rate() <= hi + 1e-12
+    assert abs(hist.roc_auc() - roc_auc(y, s)) <= hist.auc_error_bound() + 1e-12
     # the width never exceeds the genuine or impostor fraction in the bin where they cross,
     # found here by scanning the bins from the top
     n_g, n_i = y.sum(), (1 - y).sum()

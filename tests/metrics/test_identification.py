@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metricface.metrics import (
@@ -306,3 +306,53 @@ def test_fpir_one_accepts_everything():
 def test_validation(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@given(embedding_problem(all_enrolled=False), st.floats(0, 1))
+def test_open_set_embeddings_path_equals_score_matrix_path(problem, target):
+    p, pl, g, gl, chunk = problem
+    mated = torch.isin(pl, gl)
+    if mated.all() or not mated.any():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = open_set_identification(p, pl, g, gl, fpir=target, metric="dot", chunk_size=chunk)
+        b = open_set_identification_from_scores(p @ g.T, pl.numpy(), gl.numpy(), fpir=target)
+    for field in ("dir", "thresholds", "fpir", "curve_fpir", "curve_dir", "curve_thresholds"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_identification_on_device_matches_cpu(device):
+    gen = torch.Generator().manual_seed(4)
+    g, gl = torch.randn(40, 16, generator=gen), torch.arange(40) % 8
+    p, pl = torch.randn(30, 16, generator=gen), torch.randint(-1, 8, (30,), generator=gen)
+    known = pl >= 0
+    cpu = cmc_curve(p[known], pl[known], g, gl, chunk_size=9)
+    dev = cmc_curve(p[known].to(device), pl[known], g.to(device), gl, chunk_size=9)
+    np.testing.assert_array_equal(cpu, dev)
+    a = open_set_identification(p, pl, g, gl, fpir=0.5)
+    b = open_set_identification(p.to(device), pl.to(device), g, gl.to(device), fpir=0.5)
+    np.testing.assert_allclose(a.dir, b.dir)
+    np.testing.assert_allclose(a.thresholds, b.thresholds, atol=1e-6)
+
+
+@settings(max_examples=10)
+@given(st.integers(0, 2**31 - 1))
+def test_top1_matches_pytorch_metric_learning_precision_at_1(seed):
+    # With no exact ties, the best identity is the identity of the nearest gallery row, which
+    # is what pytorch-metric-learning's precision_at_1 scores.
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(20, 16, generator=gen)
+    gl = torch.arange(60) % 20
+    pl = torch.randint(0, 20, (50,), generator=gen)
+    g = centers[gl] + 0.8 * torch.randn(60, 16, generator=gen)
+    p = centers[pl] + 0.8 * torch.randn(50, 16, generator=gen)
+    calc = AccuracyCalculator(
+        include=("precision_at_1",), knn_func=CustomKNN(pml.distances.CosineSimilarity())
+    )
+    expected = calc.get_accuracy(p, pl, g, gl, ref_includes_query=False)["precision_at_1"]
+    assert top_k_accuracy(p, pl, g, gl, 1) == pytest.approx(expected, abs=1e-12)

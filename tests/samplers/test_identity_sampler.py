@@ -160,11 +160,15 @@ def test_a_dominant_identity_gets_one_group_per_batch():
     # identity 0 has 40 groups of K=2, the rest 5 in total: the epoch needs 40 batches and
     # fills them with repeated groups of the small identities rather than skipping images
     labels = _labels([80, 2, 2, 2, 2, 2])
-    sampler = _make(labels, 2, 2, num_replicas=1, rank=0)
+    with pytest.warns(UserWarning, match="identity 0 forms 40 groups .* 35 of its 80 groups"):
+        sampler = IdentityBatchSampler(labels, 2, 2, num_replicas=1, rank=0)
     batches = sampler.epoch_batches(0)
     assert len(sampler) == 40
     _check_structure(labels, batches, 2, 2)
     assert set(batches.ravel().tolist()) == set(range(len(labels)))
+    capped = IdentityBatchSampler(labels, 2, 2, num_replicas=1, rank=0, drop_last=True)
+    assert len(capped) == 22  # 45 groups // 2; identity 0 is left with 22 groups
+    _check_structure(labels, capped.epoch_batches(0), 2, 2)
 
 
 def test_single_image_identities_are_excluded_with_a_warning_or_kept():
@@ -243,7 +247,7 @@ def test_set_epoch_rejects_negative():
 
 
 def test_dataloader_with_batch_sampler_yields_p_by_k_batches():
-    labels = _labels([6, 5, 4, 7, 3, 2], seed=5)
+    labels = _labels([6, 5, 4, 7, 3, 2], seed=5, offset=-7)  # negative labels are fine
     images = torch.arange(len(labels), dtype=torch.float32).unsqueeze(1)
     dataset = TensorDataset(images, torch.as_tensor(labels))
     sampler = _make(labels, 3, 2, num_replicas=1, rank=0)

@@ -140,7 +140,8 @@ class IResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Run the trunk: ``(B, C, *input_size) -> (B, 512 * width, *feature_map_size)``."""
-        if tuple(x.shape[-2:]) != self.input_size:
+        # (skipped while tracing, e.g. for ONNX export, where shapes are symbolic)
+        if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"this IResNet is built for inputs of size {self.input_size} (input_size=), "
                 f"got {tuple(x.shape[-2:])}"

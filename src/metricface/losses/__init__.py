@@ -1,7 +1,9 @@
-"""Losses: margin softmax over class centers, sharded class-center training, contrastive and triplet losses."""
+"""Losses: margin softmax over class centers, sharded class-center training, contrastive and
+triplet losses."""
 
 from metricface.losses import functional
 from metricface.losses.chunked import chunked_margin_cross_entropy
+from metricface.losses.distributed_wrapper import DistributedLossWrapper
 from metricface.losses.functional import (
     AdaFaceMargin,
     ArcFaceMargin,
@@ -39,6 +41,7 @@ __all__ = [
     "ContrastiveLoss",
     "CosFaceLoss",
     "CosFaceMargin",
+    "DistributedLossWrapper",
     "Margin",
     "MarginSoftmaxLoss",
     "MultiSimilarityLoss",

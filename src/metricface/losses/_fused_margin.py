@@ -21,8 +21,11 @@ margin's derivative is taken by autograd on the ``(B,)`` target cosines only.
 
 Precision: everything runs in float32 (float64 if the embeddings or the weight are float64);
 under autocast the two matrix products run in the autocast dtype, as ``nn.Linear`` would, and
-the softmax in float32. Norms are clamped at ``1e-12`` exactly like
-:func:`torch.nn.functional.normalize`. Double backward is not supported.
+the softmax in float32. Embeddings are normalised by :func:`unit_rows` (exact direction for any
+nonzero finite row, no overflow), class centers by their norm clamped at ``1e-12`` as in
+:func:`torch.nn.functional.normalize`. The gradient of a normalisation divides by the norm
+clamped at ``1e-12`` too (about 0.015 for float16 inputs, so the gradient stays finite when cast
+back). Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -37,15 +40,37 @@ from metricface.losses.functional import compute_dtype
 _NORM_EPS = 1e-12
 
 
-def _project_out(grad: Tensor, unit: Tensor, norm: Tensor) -> Tensor:
-    """Gradient through ``v / max(|v|, eps)`` given the upstream ``grad`` (in place on ``grad``).
+def unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of ``v`` scaled to unit length, and their norms; shape (N, D) -> (N, D), (N,).
 
-    ``unit`` is ``v / max(|v|, eps)`` and ``norm`` is ``max(|v|, eps)`` (shape (N,)). Where the
-    norm was clamped the map is linear (``v / eps``) and nothing is projected out.
+    Overflow- and underflow-free: each row is divided by its largest magnitude before the norm
+    is taken, so every nonzero finite row gets its exact direction (``F.normalize`` would
+    overflow above about 1e19 in float32 and shrink rows shorter than its ``eps``). Zero rows
+    stay zero. The returned norm may be ``inf`` for rows near the dtype's maximum.
     """
-    coef = (grad * unit).sum(dim=1)
-    coef = torch.where(norm > _NORM_EPS, coef, torch.zeros_like(coef))
-    return grad.addcmul_(unit, coef.unsqueeze(1), value=-1.0).div_(norm.unsqueeze(1))
+    peak = v.abs().amax(dim=1, keepdim=True)
+    scaled = v / torch.where(peak > 0, peak, torch.ones_like(peak))
+    n = scaled.norm(dim=1, keepdim=True)
+    unit = scaled / torch.where(n > 0, n, torch.ones_like(n))
+    return unit, (peak * n).squeeze(1)
+
+
+def _grad_floor(dtype: torch.dtype) -> float:
+    """Smallest norm the gradient of ``v / |v|`` divides by, for inputs of ``dtype``.
+
+    ``1e-12`` (as ``F.normalize``) unless that could overflow the input dtype: for float16 the
+    floor is about 0.015, so gradients stay finite when cast back.
+    """
+    return max(_NORM_EPS, 1e3 / torch.finfo(dtype).max)
+
+
+def _project_out(grad: Tensor, unit: Tensor, norm: Tensor, floor: float) -> Tensor:
+    """Gradient through ``v / |v|`` given the upstream ``grad`` (computed in place on ``grad``).
+
+    ``(grad - <grad, u> u) / max(|v|, floor)`` with ``u = v / |v|`` (zero for zero rows).
+    """
+    coef = (grad * unit).sum(dim=1, keepdim=True)
+    return grad.addcmul_(unit, coef, value=-1.0).div_(norm.clamp_min(floor).unsqueeze(1))
 
 
 class _FusedMarginSoftmax(torch.autograd.Function):
@@ -65,14 +90,13 @@ class _FusedMarginSoftmax(torch.autograd.Function):
         with torch.autocast(embeddings.device.type, enabled=False):
             x = embeddings.detach().to(dtype)
             w = weight.detach().to(dtype)
-            x_norm = x.norm(dim=1).clamp_min(_NORM_EPS)
-            x_unit = x / x_norm.unsqueeze(1)
-            w_norm = w.norm(dim=1).clamp_min(_NORM_EPS)
-            w_inv = w_norm.reciprocal()
+            x_unit, x_norm = unit_rows(x)
+            # the weight is never copied: its normalisation is a per-class factor 1/|w_j|
+            w_norm = torch.linalg.vector_norm(w, dim=1)
+            w_inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
 
             # the one (B, C) buffer: cosines -> logits -> probabilities
-            buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype)
-            buf.mul_(w_inv)
+            buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype).mul_(w_inv)
             winner = None
             if sub_centers > 1:
                 buf, winner = buf.unflatten(1, (-1, sub_centers)).max(dim=2)
@@ -99,12 +123,12 @@ class _FusedMarginSoftmax(torch.autograd.Function):
 
         ctx.scale, ctx.sub_centers, ctx.mm_dtype = scale, sub_centers, mm_dtype
         ctx.in_dtypes = (embeddings.dtype, weight.dtype)
-        ctx.save_for_backward(x_unit, x_norm, w, w_norm, w_inv, probs, labels, d_target, winner)
+        ctx.save_for_backward(x_unit, x_norm, w, w_norm, probs, labels, d_target, winner)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        x_unit, x_norm, w, w_norm, w_inv, probs, labels, d_target, winner = ctx.saved_tensors
+        x_unit, x_norm, w, w_norm, probs, labels, d_target, winner = ctx.saved_tensors
         dtype, mm = probs.dtype, ctx.mm_dtype
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(probs.device.type, enabled=False):
@@ -119,12 +143,17 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             grad_w = grad_x = None
             if need_w:  # d loss / d w_unit = grad^T x_unit, then through w / |w|
                 grad_w = torch.mm(grad.to(mm).t(), x_unit.to(mm)).to(dtype)
-                w_unit = w * w_inv.unsqueeze(1)
-                grad_w = _project_out(grad_w, w_unit, w_norm).to(ctx.in_dtypes[1])
-            if need_x:  # d loss / d x_unit = grad (w / |w|), then through x / |x|
-                grad_mm = grad.mul_(w_inv).to(mm)
-                grad_x = torch.mm(grad_mm, w.to(mm)).to(dtype)
-                grad_x = _project_out(grad_x, x_unit, x_norm).to(ctx.in_dtypes[0])
+                inv = w_norm.clamp_min(_grad_floor(ctx.in_dtypes[1])).reciprocal()
+                # <grad_w_j, w_j> without a (C, D) temporary
+                coef = torch.bmm(grad_w.unsqueeze(1), w.unsqueeze(2)).view(-1) * inv.square()
+                coef = torch.where(w_norm > _NORM_EPS, coef, torch.zeros_like(coef))
+                grad_w.addcmul_(w, coef.unsqueeze(1), value=-1.0).mul_(inv.unsqueeze(1))
+                grad_w = grad_w.to(ctx.in_dtypes[1])
+            if need_x:  # d loss / d x_unit = sum_j grad_j w_j / |w_j|, then through x / |x|
+                inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
+                grad_x = torch.mm(grad.mul_(inv).to(mm), w.to(mm)).to(dtype)
+                floor = _grad_floor(ctx.in_dtypes[0])
+                grad_x = _project_out(grad_x, x_unit, x_norm, floor).to(ctx.in_dtypes[0])
         return grad_x, grad_w, None, None, None, None, None
 
 

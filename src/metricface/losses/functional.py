@@ -15,9 +15,7 @@ margin to the target column of a ``(B, C)`` cosine matrix and takes the cross en
 :func:`apply_margin` returns the scaled logits for callers that reduce them themselves (chunked
 or sharded softmax, where labels ``< 0`` mark rows whose target class is not in the block).
 
-Numerics
---------
-All margin arithmetic runs in float32 (float64 when the input is float64), also under
+**Numerics.** All margin arithmetic runs in float32 (float64 when the input is float64), also under
 autocast, and :func:`margin_cross_entropy` casts its result back to the input dtype. Cosines are
 clamped to ``[-1, 1]``. No margin calls ``acos``: the angle is ``atan2(sin, cos)`` with
 ``sin = sqrt((1 - cos)(1 + cos))``. The derivative of ``sin`` with respect to ``cos`` is
@@ -273,8 +271,8 @@ class AdaFaceMargin(Margin):
     :math:`[-1 + \\epsilon, 1 - \\epsilon]`; only the shifted angle is.
 
     The margin holds no state: pass the running statistics (owned and updated by
-    :class:`~metricface.losses.AdaFaceLoss`) as ``norm_mean`` / ``norm_std``, or leave them out
-    to use the statistics of ``norms`` itself.
+    :class:`~metricface.losses.margin.AdaFaceLoss`) as ``norm_mean`` / ``norm_std``, or leave
+    them out to use the statistics of ``norms`` itself.
 
     Parameters
     ----------

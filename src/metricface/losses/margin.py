@@ -11,9 +11,9 @@ directions matter for the loss (rows are normalised); the scale matters for the 
 size of weight decay and of optimisers that are not scale-invariant.
 
 The forward runs in float32 (also under autocast, where only the matrix products use the
-autocast dtype) through a fused kernel that keeps a single ``(B, C)`` buffer; see
-:func:`~metricface.losses._fused_margin.fused_margin_softmax`. Non-finite embeddings are not
-rejected (mixed-precision training relies on a NaN loss to skip the step); they give a NaN loss.
+autocast dtype) through a fused kernel (``metricface.losses._fused_margin``) that keeps a single
+``(B, C)`` buffer and never copies the weight. Non-finite embeddings are not rejected
+(mixed-precision training relies on a NaN loss to skip the step); they give a NaN loss.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class MarginSoftmaxLoss(nn.Module):
         Embedding size ``D``.
     margin : callable
         Maps the target cosines, shape (B,), to target logits before scaling, e.g.
-        :class:`~metricface.losses.ArcFaceMargin`. Default: no margin.
+        :class:`~metricface.losses.functional.ArcFaceMargin`. Default: no margin.
     scale : float
         Logit scale ``s > 0``.
     sub_centers : int
@@ -218,10 +218,11 @@ class NormSoftmaxLoss(MarginSoftmaxLoss):
 
 
 class ArcFaceLoss(MarginSoftmaxLoss):
-    """ArcFace: target logit ``s * cos(theta + m)``; see :class:`~metricface.losses.ArcFaceMargin`.
+    """ArcFace: target logit ``s * cos(theta + m)``.
 
-    ``margin`` is in radians (0.5 rad = 28.6 degrees, pytorch-metric-learning's default in
-    degrees).
+    See :class:`~metricface.losses.functional.ArcFaceMargin` for the fallback beyond
+    ``theta = pi - m``. ``margin`` is in radians (0.5 rad = 28.6 degrees,
+    pytorch-metric-learning's default in degrees).
     """
 
     def __init__(
@@ -245,7 +246,7 @@ class ArcFaceLoss(MarginSoftmaxLoss):
 class CosFaceLoss(MarginSoftmaxLoss):
     """CosFace / AM-Softmax: target logit ``s * (cos - m)``.
 
-    See :class:`~metricface.losses.CosFaceMargin`.
+    See :class:`~metricface.losses.functional.CosFaceMargin`.
     """
 
     def __init__(
@@ -264,8 +265,8 @@ class CosFaceLoss(MarginSoftmaxLoss):
 class SphereFaceLoss(MarginSoftmaxLoss):
     """SphereFace on normalised features: target logit ``s * psi(m * theta)``.
 
-    See :class:`~metricface.losses.SphereFaceMargin` for the monotone ``psi``. The default
-    ``margin=1.35`` is the setting of the ArcFace paper's comparison.
+    See :class:`~metricface.losses.functional.SphereFaceMargin` for the monotone ``psi``. The
+    default ``margin=1.35`` is the setting of the ArcFace paper's comparison.
     """
 
     def __init__(
@@ -284,8 +285,8 @@ class SphereFaceLoss(MarginSoftmaxLoss):
 class CombinedMarginLoss(MarginSoftmaxLoss):
     """Combined margin: target logit ``s * (cos(m1 * theta + m2) - m3)``.
 
-    See :class:`~metricface.losses.CombinedMargin`. The ArcFace paper's best combination is
-    ``(m1, m2, m3) = (1.0, 0.3, 0.2)``.
+    See :class:`~metricface.losses.functional.CombinedMargin`. The ArcFace paper's best
+    combination is ``(m1, m2, m3) = (1.0, 0.3, 0.2)``.
     """
 
     def __init__(
@@ -333,8 +334,8 @@ class SubCenterArcFaceLoss(MarginSoftmaxLoss):
 class AdaFaceLoss(MarginSoftmaxLoss):
     """AdaFace: a margin adapted to image quality through the embedding norm.
 
-    See :class:`~metricface.losses.AdaFaceMargin` for the formula. The module owns the running
-    mean and standard deviation of the (clipped, detached) embedding norms as buffers
+    See :class:`~metricface.losses.functional.AdaFaceMargin` for the formula. The module owns the
+    running mean and standard deviation of the (clipped, detached) embedding norms as buffers
     ``running_mean`` / ``running_std`` (initialised to 20 and 100 as in the reference code, saved
     in the ``state_dict``). In training mode each call first updates them,
     ``running = (1 - momentum) * running + momentum * batch``, then uses them; in eval mode they
@@ -383,7 +384,7 @@ class AdaFaceLoss(MarginSoftmaxLoss):
 
     def margin_for(self, embeddings: Tensor) -> Callable[[Tensor], Tensor]:
         margin: AdaFaceMargin = self.margin  # type: ignore[assignment]
-        norms = embeddings.detach().float().norm(dim=1)
+        norms = embeddings.detach().to(compute_dtype(embeddings.dtype)).norm(dim=1)
         if self.training:
             with torch.no_grad():
                 mean, std = margin.batch_stats(margin.clip_norms(norms))

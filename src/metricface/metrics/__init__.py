@@ -27,7 +27,7 @@ from metricface.metrics.verification import (
     tar_at_far,
 )
 
-__all__: list[str] = [
+__all__ = [
     "KMeansResult",
     "KMeansScores",
     "OpenSetResult",

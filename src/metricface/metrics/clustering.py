@@ -16,7 +16,6 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from metricface._validation import as_tensor, check_embeddings, check_finite, check_scalar
 
@@ -77,6 +76,8 @@ def cluster_accuracy(labels_true: object, labels_pred: object) -> float:
         ``max over one-to-one maps m of #(m(labels_pred) == labels_true) / N``, in ``[0, 1]``;
         invariant to renaming the clusters.
     """
+    from scipy.optimize import linear_sum_assignment  # imported here: keeps import light
+
     counts = _contingency(labels_true, labels_pred)
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return float(counts[rows, cols].sum() / counts.sum())

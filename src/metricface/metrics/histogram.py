@@ -82,10 +82,12 @@ class ScoreHistogram:
 
     @property
     def n_genuine(self) -> int:
+        """Number of genuine scores counted."""
         return int(self.genuine.sum())
 
     @property
     def n_impostor(self) -> int:
+        """Number of impostor scores counted."""
         return int(self.impostor.sum())
 
     def update(self, y_true: Any, y_score: Any) -> ScoreHistogram:
@@ -161,8 +163,18 @@ class ScoreHistogram:
         return op.fpr, op.tpr, op.thresholds
 
     def roc_auc(self) -> float:
-        """Area under the histogram ROC (scores tied within a bin count as ties)."""
+        """Area under the histogram ROC: genuine/impostor pairs in the same bin count 1/2.
+
+        Pairs in different bins are ordered as their scores are, so the error against the
+        exact AUC is at most ``sum(genuine * impostor) / (2 * n_genuine * n_impostor)``
+        (:meth:`auc_error_bound`).
+        """
         return auc_from_points(self.operating_points())
+
+    def auc_error_bound(self) -> float:
+        """Worst-case ``|roc_auc() - exact AUC|``: half the fraction of same-bin pairs."""
+        same_bin = float(np.dot(self.genuine.astype(np.float64), self.impostor))
+        return same_bin / (2.0 * self.n_genuine * self.n_impostor)
 
     def equal_error_rate(self, return_threshold: bool = False) -> float | tuple[float, float]:
         """EER of the histogram ROC; within :meth:`eer_bounds` of the exact EER."""

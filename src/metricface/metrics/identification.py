@@ -24,8 +24,9 @@ Open set (NIST FRVT/IJB style)
 
 Scores are similarities (higher = more alike). From embeddings, ``metric="cosine"`` (default)
 or ``"dot"`` give them directly; ``metric="euclidean"`` uses the *negated* distance, so the
-thresholds it reports are negative distances. Embedding-based functions score the gallery in
-chunks and never build the full probe x gallery matrix.
+thresholds it reports are negative distances. Embedding-based functions move the gallery to
+the compute device once, then score it in chunks: they never build the full probe x gallery
+matrix.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def _blocks_from_embeddings(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     dtype = _compute_dtype(probes, gallery)
     gallery_index = gallery_index.to(device)
+    gx, gn = _prepare(gallery, metric, dtype, device)  # once, not once per probe block
     # Per-identity maxima are (p, n_identities): size the probe block so both they and one
     # (p, chunk) score block stay near chunk_size ** 2 entries.
     step = max(1, min(chunk_size, chunk_size**2 // max(n_identities, chunk_size)))
@@ -151,9 +153,9 @@ def _blocks_from_embeddings(
         p = _prepare(probes[start : start + step], metric, dtype, device)
         ident = torch.full((p[0].shape[0], n_identities), -math.inf, dtype=dtype, device=device)
         for g_start in range(0, gallery.shape[0], chunk_size):
-            g = _prepare(gallery[g_start : g_start + chunk_size], metric, dtype, device)
-            sim = _similarity(p, g)
-            cols = gallery_index[g_start : g_start + chunk_size].expand(sim.shape[0], -1)
+            stop = g_start + chunk_size
+            sim = _similarity(p, (gx[g_start:stop], None if gn is None else gn[g_start:stop]))
+            cols = gallery_index[g_start:stop].expand(sim.shape[0], -1)
             ident.scatter_reduce_(1, cols, sim, reduce="amax")
         yield start, ident
 

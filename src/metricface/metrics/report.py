@@ -84,7 +84,7 @@ class VerificationReport:
         lines += [f"{m:<{w}}  {v:>10}  {th:>10}" for m, v, th in rows]
         if flagged:
             lines.append("* below 1 / n_impostor: the TAR at zero false accepts")
-        return "\n".join(lines)
+        return "\n".join(line.rstrip() for line in lines)
 
     def plot(self, kind: str = "roc", *, ax: Any = None, label: str | None = None) -> Any:
         """Plot the ROC (``kind="roc"``) or DET (``kind="det"``) curve with the EER marked.
@@ -109,7 +109,8 @@ class VerificationReport:
         ax = plots.axes_or_new(ax, f"plot a {kind.upper()} curve")
         if kind == "roc":
             return plots.draw_roc(ax, self.fpr, self.tpr, self.eer, self.n_impostor, label)
-        return plots.draw_det(ax, self.fpr, 1 - self.tpr, self.eer, label)
+        fnr = 1 - self.tpr
+        return plots.draw_det(ax, self.fpr, fnr, self.eer, self.n_impostor, self.n_genuine, label)
 
 
 def verification_report(

@@ -109,20 +109,25 @@ def eer_segment(op: OperatingPoints) -> tuple[int, float]:
     ``d = FRR - FAR`` is non-increasing along the curve, ``+1`` at ``(0, 0)`` and ``-1`` at
     ``(1, 1)``; ``k`` is the first point with ``d <= 0``.
     """
-    # d scaled by n_pos * n_neg, evaluated in float64 (exact for counts below 2**53 / n).
+    # d scaled by n_pos * n_neg, in float64: exact while n_pos * n_neg < 2**53; beyond that,
+    # rounding can only move the crossing by a relative 1e-16 (d is continuous along the curve).
     d = (op.n_pos - op.tps) * float(op.n_neg) - op.fps * float(op.n_pos)
     k = int(np.searchsorted(-d, 0.0, side="left"))
     da, db = d[k - 1], d[k]
     return k, float(da / (da - db))
 
 
+def _lerp(a: float, b: float, s: float) -> float:
+    """``(1 - s) a + s b``: exact at both ends and free of overflow for any finite ``a, b``."""
+    return float((1.0 - s) * a + s * b)
+
+
 def eer_from_points(op: OperatingPoints) -> tuple[float, float]:
     """EER and its interpolated score threshold (see :func:`equal_error_rate`)."""
     k, s = eer_segment(op)
-    fa, fb = op.fps[k - 1] / op.n_neg, op.fps[k] / op.n_neg
-    eer = float(fa + s * (fb - fa))
-    ta, tb = op.thresholds[k - 1], op.thresholds[k]
-    threshold = float(tb) if not math.isfinite(ta) else float(ta + s * (tb - ta))
+    eer = _lerp(op.fps[k - 1] / op.n_neg, op.fps[k] / op.n_neg, s)
+    ta, tb = float(op.thresholds[k - 1]), float(op.thresholds[k])
+    threshold = tb if not math.isfinite(ta) else _lerp(ta, tb, s)
     return eer, threshold
 
 
@@ -156,7 +161,21 @@ def tar_from_points(
 # ---------------------------------------------------------------------------------------------
 
 
-def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _without_collinear(op: OperatingPoints) -> OperatingPoints:
+    """Drop interior points on the straight line through their two neighbours.
+
+    Exact test on the integer counts (cross product of consecutive steps); every segment has
+    positive length, so runs of collinear points lie on one line and are dropped together.
+    """
+    dfp, dtp = np.diff(op.fps), np.diff(op.tps)
+    bends = dfp[:-1] * dtp[1:] != dfp[1:] * dtp[:-1]
+    keep = np.concatenate(([True], bends, [True]))
+    return OperatingPoints(op.thresholds[keep], op.tps[keep], op.fps[keep], op.n_pos, op.n_neg)
+
+
+def roc_curve(
+    y_true: Any, y_score: Any, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Receiver operating characteristic at every distinct score.
 
     Parameters
@@ -166,11 +185,16 @@ def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.nda
         and torch tensors (any device) are accepted.
     y_score : array-like of shape (n,)
         Similarity scores; a pair is accepted when ``score >= threshold``.
+    drop_intermediate : bool
+        Drop the operating points that lie on the straight line between their neighbours. The
+        piecewise-linear curve, and every metric derived from it, is unchanged; fewer points
+        are returned (at least the ones ``sklearn.metrics.roc_curve`` drops are dropped).
 
     Returns
     -------
     fpr : numpy.ndarray of shape (m + 1,)
-        False accept rate ``FAR(t)`` (impostor scores ``>= t`` over impostor pairs), increasing.
+        False accept rate ``FAR(t)`` (impostor scores ``>= t`` over impostor pairs),
+        non-decreasing.
     tpr : numpy.ndarray of shape (m + 1,)
         True accept rate ``TAR(t)``, non-decreasing.
     thresholds : numpy.ndarray of shape (m + 1,)
@@ -178,22 +202,35 @@ def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.nda
         order. Identical to ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
     """
     op = _points(y_true, y_score)
+    if drop_intermediate:
+        op = _without_collinear(op)
     return op.fpr, op.tpr, op.thresholds
 
 
-def det_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def det_curve(
+    y_true: Any, y_score: Any, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detection error trade-off: false accept vs false reject rate at every distinct score.
+
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (1 genuine, 0 impostor) and similarity scores.
+    drop_intermediate : bool
+        As in :func:`roc_curve`.
 
     Returns
     -------
     fpr : numpy.ndarray of shape (m + 1,)
-        False accept rate, increasing (same points as :func:`roc_curve`).
+        False accept rate, non-decreasing (the points of :func:`roc_curve`).
     fnr : numpy.ndarray of shape (m + 1,)
         False reject rate ``FRR(t) = 1 - TAR(t)``, non-increasing.
     thresholds : numpy.ndarray of shape (m + 1,)
         ``+inf`` followed by the distinct scores in decreasing order.
     """
     op = _points(y_true, y_score)
+    if drop_intermediate:
+        op = _without_collinear(op)
     return op.fpr, (op.n_pos - op.tps) / op.n_pos, op.thresholds
 
 

@@ -12,7 +12,7 @@ from metricface.miners.pair_margin import PairMarginMiner
 from metricface.miners.semihard import SemiHardMiner
 from metricface.miners.triplet_margin import BatchAllMiner, TripletMarginMiner
 
-__all__: list[str] = [
+__all__ = [
     "BaseMiner",
     "BatchAllMiner",
     "BatchHardMiner",

@@ -8,7 +8,7 @@ from metricface.samplers.identity import IdentityBatchSampler
 from metricface.samplers.pairs import PairDataset, PairSampler
 from metricface.samplers.triplets import DistortedTripletDataset
 
-__all__: list[str] = [
+__all__ = [
     "DistortedTripletDataset",
     "IdentityBatchSampler",
     "PairDataset",

@@ -74,9 +74,11 @@ class LabelGroups:
 
     def shuffled_order(self, rng: np.random.Generator) -> np.ndarray:
         """``order`` with each identity's run shuffled independently; shape ``(M,)``."""
-        # sort by (run number, random 32-bit key): exact integer keys, no float rounding
-        keys = self.run_of_position << 32
-        keys |= rng.integers(0, 1 << 32, size=keys.size, dtype=np.int64)
+        # sort by (run number, rank in a random permutation): the keys are distinct integers,
+        # so the result does not depend on the sorting algorithm numpy picks on this machine
+        size = self.order.size
+        keys = self.run_of_position * size
+        keys += rng.permutation(size)
         return self.order[np.argsort(keys)]
 
     def draw_positive(

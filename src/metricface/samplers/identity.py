@@ -1,4 +1,4 @@
-"""P identities x K images per batch, covering every image once per epoch, sharded for DDP.
+"""P identities x K images per batch, visiting every image each epoch, sharded for DDP.
 
 How an epoch is built (all vectorised over the label array):
 
@@ -10,7 +10,8 @@ How an epoch is built (all vectorised over the label array):
 2. The epoch has ``B`` batches: at least ``ceil(groups / P)`` and at least as many as the
    largest identity has groups (an identity appears at most once per batch), rounded up to a
    multiple of ``num_replicas`` so every rank gets the same number of batches. Slots left over
-   are filled with extra K-groups of identities, spread as evenly as their room allows.
+   are filled with extra K-groups of identities (continuing their cyclic fill), spread as
+   evenly as their room allows.
 3. The groups are laid out identity by identity (in a random identity order) in a ``P x B``
    grid read row by row, and every row's columns are permuted at random. Column ``b`` is batch
    ``b``. An identity occupies consecutive positions of at most ``B``, so before the
@@ -20,8 +21,8 @@ How an epoch is built (all vectorised over the label array):
 4. Batches are shuffled and rank ``r`` takes batches ``r, r + R, r + 2R, ...``.
 
 With ``drop_last=True`` step 2 rounds *down* instead: ``B = floor(groups / P)`` (to a
-multiple of ``num_replicas``), and the K-groups that do not fit are left out, chosen at random
-each epoch.
+multiple of ``num_replicas``), an identity keeps at most ``B`` of its groups, and the groups
+that do not fit are left out, chosen at random each epoch.
 """
 
 from __future__ import annotations
@@ -150,8 +151,21 @@ class IdentityBatchSampler(Sampler[list[int]]):
                     f"= {P * R}; use drop_last=False"
                 )
         else:
-            needed = max(-(-total // P), int(self._num_groups.max()))
+            largest = int(self._num_groups.max())
+            needed = max(-(-total // P), largest)
             per_rank = -(-needed // R)
+            spare = per_rank * R * P - total
+            if largest > -(-total // P) and spare > total // 4:
+                label = groups.identities[int(np.argmax(self._num_groups))]
+                warnings.warn(
+                    f"identity {label} forms {largest} groups of images_per_identity={K}, "
+                    f"more than the {-(-total // P)} batches the data would otherwise fill: "
+                    f"the epoch has {per_rank * R} batches and {spare} of its "
+                    f"{per_rank * R * P} groups repeat images; drop_last=True caps that "
+                    "identity instead",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self._per_rank = int(per_rank)
 
     # ------------------------------------------------------------------ public API
@@ -174,7 +188,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return self._per_rank
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches().tolist()
+        for batch in self.epoch_batches():
+            yield batch.tolist()
 
     def epoch_batches(self, epoch: int | None = None) -> np.ndarray:
         """This rank's batches of an epoch as an array.

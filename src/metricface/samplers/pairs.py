@@ -116,7 +116,8 @@ class PairSampler(Sampler[tuple[int, int, int]]):
         return self._per_rank
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        yield from map(tuple, self.epoch_pairs().tolist())
+        for i, j, same in self.epoch_pairs():
+            yield int(i), int(j), int(same)
 
     def epoch_pairs(self, epoch: int | None = None) -> np.ndarray:
         """This rank's pairs of an epoch.

@@ -110,13 +110,16 @@ class DistortedTripletDataset(Dataset):
 
     def triplet_indices(self, index: int, epoch: int | None = None) -> tuple[int, int, int]:
         """The dataset indices ``(anchor, positive, negative)`` of item ``index``."""
+        return self._draw(index, self.epoch if epoch is None else check_epoch(epoch))[:3]
+
+    def _draw(self, index: int, epoch: int) -> tuple[int, int, int, int]:
+        """Anchor, positive, negative and the distortion's seed of item ``index``."""
         n = self._groups.num_images
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"index must be an int, got {type(index).__name__}")
         if not -n <= index < n:
             raise IndexError(f"index must be in [-{n}, {n}), got {index}")
         index = int(index) % n
-        epoch = self.epoch if epoch is None else check_epoch(epoch)
         rng = epoch_rng(self.seed, epoch, index)
         anchor = np.array([index])
         if self.positive == "same":
@@ -125,17 +128,18 @@ class DistortedTripletDataset(Dataset):
             drawn = self._groups.draw_positive(anchor, rng, include_self=self.positive == "any")
             positive = int(drawn[0])
         negative = int(self._groups.draw_negative(anchor, rng)[0])
-        return index, positive, negative
+        return index, positive, negative, int(rng.integers(0, 2**63 - 1))
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         """Return ``(anchor, distorted_positive, negative)`` (plus labels if asked)."""
-        a, p, n = self.triplet_indices(index)
+        a, p, n, seed = self._draw(index, self.epoch)
         anchor = self._image(a)
         positive = self._image(p)
         negative = self._image(n)
-        seed = int(epoch_rng(self.seed, self.epoch, a, 1).integers(0, 2**63 - 1))
+        # seed only the CPU generator (torch.manual_seed would reseed CUDA's too) and restore
+        # it afterwards, so the caller's random stream is left untouched
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             positive = self.distort(positive)
         if self.return_labels:
             return anchor, positive, negative, int(self._labels[a]), int(self._labels[n])

@@ -1,0 +1,306 @@
+"""Training checkpoints that are safe to load and let a run resume exactly.
+
+:func:`save_checkpoint` writes the model, optimizer, LR scheduler and gradient-scaler states,
+the epoch and step counters and the random-number-generator states of torch (CPU and every
+CUDA device), NumPy and Python's :mod:`random`. Restoring all of them with
+:func:`load_checkpoint` makes a resumed run draw the same shuffles, augmentations and dropout
+masks as an uninterrupted one, so it ends with bitwise-identical weights (on the same hardware
+and software, with deterministic kernels).
+
+Two properties matter in practice:
+
+Atomic
+    The file is written to a temporary file in the same directory, flushed to disk
+    (``fsync``) and moved over the target with :func:`os.replace`. A run killed while saving
+    leaves the previous checkpoint intact, never a truncated one.
+Safe to load
+    Only tensors and plain Python values (dict, list, tuple, str, int, float, bool, None) are
+    stored, so checkpoints load with ``torch.load(..., weights_only=True)``, which refuses
+    pickled code. :func:`save_checkpoint` checks this before writing and names any value that
+    would not load; the RNG states of NumPy and Python are converted to tensors and lists.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metricface._validation import check_scalar
+
+__all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap_model"]
+
+_FORMAT = "metricface.checkpoint"
+_VERSION = 1
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying module of a ``DistributedDataParallel``/``DataParallel`` or compiled model.
+
+    State-dict keys then carry no ``module.`` or ``_orig_mod.`` prefix, so a checkpoint loads
+    into a plain model whatever wrapped it during training.
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Random states of torch (CPU and CUDA), NumPy's global generator and :mod:`random`.
+
+    Returns
+    -------
+    dict
+        Only tensors and plain values, so it can be stored in a ``weights_only`` checkpoint.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    version, py_state, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states returned by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # resumed on a different number of GPUs: restore those that exist
+            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Raise a TypeError naming the first value that ``weights_only`` loading would refuse."""
+    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)):
+                raise TypeError(
+                    f"{where} has a key of type {type(k).__name__}; checkpoint keys must be "
+                    "str, int, float or bool"
+                )
+            _check_loadable(v, f"{where}[{k!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_loadable(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which "
+        "torch.load(weights_only=True) refuses; store only tensors, numbers, strings, "
+        "None and dicts/lists/tuples of them"
+    )
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    epoch: int,
+    step: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a training checkpoint atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file; its directory must exist. An existing file is replaced only once the new
+        one is completely on disk.
+    model : torch.nn.Module
+        The model; DDP/DataParallel/``torch.compile`` wrappers are removed (:func:`unwrap_model`).
+    optimizer, scheduler, scaler : optional
+        Objects with ``state_dict()``: a :class:`torch.optim.Optimizer`, an LR scheduler,
+        a :class:`torch.amp.GradScaler`. A loss with learnable class centers belongs in
+        ``extra`` (as ``extra={"loss": loss.state_dict()}``) or inside ``model``.
+    epoch : int
+        Number of completed epochs.
+    step : int
+        Number of completed optimizer steps.
+    extra : mapping, optional
+        Further values to store (config, metrics, other state dicts): tensors and plain values.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    TypeError
+        If a stored value would be refused by ``torch.load(weights_only=True)``; nothing is
+        written then.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_scalar(epoch, "epoch", low=0, integer=True)
+    check_scalar(step, "step", low=0, integer=True)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"path's directory must exist, got {str(path)!r}")
+    payload: dict[str, Any] = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "epoch": int(epoch),
+        "step": int(step),
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": get_rng_state(),
+        "extra": dict(extra) if extra is not None else {},
+    }
+    _check_loadable(payload, "checkpoint")
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX); not possible on every platform
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    map_location: str | torch.device | None = "cpu",
+    restore_rng: bool = True,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` and restore the given objects.
+
+    The file is read with ``torch.load(..., weights_only=True)``: a file that holds anything
+    but tensors and plain values (e.g. a pickled callable) is refused.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+    model, optimizer, scheduler, scaler : optional
+        Objects whose state is restored in place (wrappers are removed from ``model``).
+    map_location : str or torch.device, optional
+        Where tensors are loaded (default CPU; ``load_state_dict`` moves them to the model's
+        and optimizer's devices).
+    restore_rng : bool
+        Restore the torch/CUDA/NumPy/Python random states, so that training continues exactly.
+    strict : bool
+        Passed to ``model.load_state_dict``.
+
+    Returns
+    -------
+    dict
+        The whole checkpoint: ``"epoch"``, ``"step"``, ``"extra"``, ``"model"`` (state dict),
+        ``"optimizer"``, ``"scheduler"``, ``"scaler"``, ``"rng"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a metricface checkpoint or holds objects that are not safe to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
+            f"Python values, which torch.load(weights_only=True) does not execute ({exc})"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not a metricface checkpoint (expected a dict with "
+            f"format={_FORMAT!r}); for a bare state dict use "
+            "model.load_state_dict(torch.load(path, weights_only=True))"
+        )
+    if ckpt.get("version", 0) > _VERSION:
+        raise ValueError(
+            f"{str(path)!r} has checkpoint format version {ckpt['version']}, newer than this "
+            f"metricface reads ({_VERSION}); upgrade metricface"
+        )
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and ckpt.get(name) is None:
+            raise ValueError(f"{name} was given but {str(path)!r} holds no {name} state")
+    if model is not None:
+        unwrap_model(model).load_state_dict(ckpt["model"], strict=strict)
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if restore_rng:
+        set_rng_state(ckpt["rng"])
+    return ckpt
