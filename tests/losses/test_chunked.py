@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from metricface.losses import chunked_margin_cross_entropy
+from metricface.losses import (
+    ArcFaceMargin,
+    CombinedMargin,
+    CosFaceMargin,
+    NoMargin,
+    SphereFaceMargin,
+    chunked_margin_cross_entropy,
+    margin_cross_entropy,
+)
 
 
 # --------------------------------------------------------------------------- test margins
@@ -35,6 +43,14 @@ def no_margin(cos: torch.Tensor) -> torch.Tensor:
 
 
 MARGINS = {"arcface_safe": arcface_safe, "cosface": cosface, "none": no_margin}
+LIBRARY_MARGINS = [
+    ArcFaceMargin(0.5),
+    ArcFaceMargin(0.5, easy_margin=True),
+    CosFaceMargin(0.35),
+    CombinedMargin(1.0, 0.3, 0.2),
+    SphereFaceMargin(1.35),
+    NoMargin(),
+]
 
 
 def dense_reference(x, w, y, margin, scale, reduction="mean"):
@@ -109,6 +125,36 @@ def test_on_device_matches_float64_reference(device, dtype):
     for a, b in zip(ours, ref):
         assert a.device.type == device.type and a.dtype == dtype
         torch.testing.assert_close(a.cpu().double(), b, rtol=tol, atol=tol * b.abs().max())
+
+
+@pytest.mark.parametrize("margin", LIBRARY_MARGINS, ids=repr)
+@pytest.mark.parametrize("extreme", [False, True])
+def test_library_margins_match_dense_margin_cross_entropy(margin, extreme):
+    x, w, y = _data(8, 6, 45, seed=11)
+    if extreme:
+        x[3] = w[y[3]]  # cos = 1 up to rounding
+        x[4] = -w[y[4]]  # cos = -1 up to rounding
+    ours = _grads(
+        lambda a, b: chunked_margin_cross_entropy(a, b, y, margin, 64.0, 10, "none"), x, w
+    )
+    cos = lambda a, b: F.normalize(a, dim=1) @ F.normalize(b, dim=1).T  # noqa: E731
+    ref = _grads(lambda a, b: margin_cross_entropy(cos(a, b), y, margin, 64.0, "none"), x, w)
+    # at cos = +-1 a margin's slope is steep (ArcFace: sqrt(1 - c^2)), so the last-bit
+    # difference between a dot product and a matmul shows up at about 1e-8
+    tol = 1e-6 if extreme else 1e-10
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max())
+
+
+def test_library_arcface_matches_textbook_formula():
+    # away from theta > pi - m, ArcFaceMargin is cos(acos(c) + m)
+    x, w, y = _data(16, 32, 300, seed=12)
+    ours = _grads(
+        lambda a, b: chunked_margin_cross_entropy(a, b, y, ArcFaceMargin(0.5), 64.0, 64), x, w
+    )
+    ref = _grads(lambda a, b: dense_reference(a, b, y, arcface, 64.0), x, w)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_gradcheck():
@@ -202,15 +248,16 @@ finite = st.floats(-1e4, 1e4, allow_nan=False, width=16)
     wvalues=st.lists(finite, min_size=5 * 4, max_size=5 * 4),
     labels=st.lists(st.integers(0, 4), min_size=3, max_size=3),
     duplicate=st.booleans(),
-    margin=st.sampled_from(list(MARGINS.values())),
+    margin=st.sampled_from([*MARGINS.values(), *LIBRARY_MARGINS]),
 )
 def test_finite_for_finite_inputs(dtype, values, wvalues, labels, duplicate, margin):
     x = torch.tensor(values, dtype=dtype).reshape(3, 4)
     w = torch.tensor(wvalues, dtype=dtype).reshape(5, 4)
     y = torch.tensor(labels)
-    if duplicate:  # cos = 1 exactly for the first sample, and a repeated embedding
+    if duplicate:  # cos = 1 and -1 exactly, and a repeated embedding
         x[0] = w[y[0]]
         x[1] = x[0]
+        x[2] = -w[y[2]]
     x.requires_grad_(True)
     w.requires_grad_(True)
     loss = chunked_margin_cross_entropy(x, w, y, margin, 64.0, chunk_size=2)

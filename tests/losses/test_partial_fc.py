@@ -11,7 +11,14 @@ from distributed_harness import run_distributed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metricface.losses import PartialFCLoss, shard_range
+from metricface.losses import (
+    ArcFaceLoss,
+    ArcFaceMargin,
+    CosFaceLoss,
+    CosFaceMargin,
+    PartialFCLoss,
+    shard_range,
+)
 
 SCALE = 32.0
 
@@ -30,12 +37,16 @@ def dense_reference(x, w, y, margin=arcface_safe, scale=SCALE):
     return F.cross_entropy(logits, y)
 
 
-def _reference_grads(x, w, y):
+def _reference_grads_with(x, w, y, margin, scale):
     x = x.detach().double().requires_grad_(True)
     w = w.detach().double().requires_grad_(True)
-    loss = dense_reference(x, w, y)
+    loss = dense_reference(x, w, y, margin, scale)
     loss.backward()
     return loss.detach(), x.grad, w.grad
+
+
+def _reference_grads(x, w, y):
+    return _reference_grads_with(x, w, y, arcface_safe, SCALE)
 
 
 # --------------------------------------------------------------------------- shard layout
@@ -75,6 +86,36 @@ def test_full_rate_equals_dense(chunk_size):
     assert loss_fn.last_sampled is None
 
 
+def test_default_margin_is_arcface_half_radian():
+    loss_fn = PartialFCLoss(10, 4, sample_rate=0.5, chunk_size=3)
+    assert loss_fn.margin == ArcFaceMargin(0.5)
+    assert repr(loss_fn) == (
+        "PartialFCLoss(num_classes=10, embedding_dim=4, margin=ArcFaceMargin(margin=0.5, "
+        "easy_margin=False), scale=64.0, sample_rate=0.5, chunk_size=3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "dense_cls, margin", [(ArcFaceLoss, ArcFaceMargin(0.5)), (CosFaceLoss, CosFaceMargin(0.35))]
+)
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_full_rate_equals_library_dense_loss(dense_cls, margin, chunk_size):
+    torch.manual_seed(2)
+    dense = dense_cls(100, 16).double()
+    ours = PartialFCLoss(100, 16, margin, chunk_size=chunk_size, dtype=torch.float64)
+    ours.load_full_state_dict(dense.state_dict())
+    x = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 100, (12,))
+    results = []
+    for loss_fn in (ours, dense):
+        x.grad = None
+        loss = loss_fn(x, y)
+        loss.backward()
+        results.append((loss.detach(), x.grad.clone(), loss_fn.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_sampling_scores_positives_plus_random_negatives(chunk_size):
     loss_fn = _module(c=100, sample_rate=0.2, chunk_size=chunk_size)
@@ -104,14 +145,17 @@ def test_sampling_scores_positives_plus_random_negatives(chunk_size):
     rate=st.floats(0.01, 1.0),
     labels=st.lists(st.integers(0, 59), min_size=1, max_size=12),
     seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
 )
-def test_sampling_invariants(num_classes, rate, labels, seed):
+def test_sampling_invariants(num_classes, rate, labels, seed, dtype):
     y = torch.tensor([v % num_classes for v in labels])
-    loss_fn = PartialFCLoss(num_classes, 3, margin=arcface_safe, sample_rate=rate)
+    loss_fn = PartialFCLoss(num_classes, 3, sample_rate=rate, chunk_size=7)
     torch.manual_seed(seed)
-    x = torch.randn(len(y), 3)
+    x = torch.randn(len(y), 3).to(dtype).requires_grad_(True)
     loss = loss_fn(x, y)
-    assert torch.isfinite(loss)
+    loss.backward()
+    assert loss.dtype == dtype and torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(loss_fn.weight.grad).all()
     positives = set(y.tolist())
     if rate == 1.0:
         assert loss_fn.last_sampled is None
@@ -120,6 +164,29 @@ def test_sampling_invariants(num_classes, rate, labels, seed):
     assert index == sorted(set(index)) and positives <= set(index)
     assert len(index) == max(int(rate * num_classes), len(positives))
     assert all(0 <= i < num_classes for i in index)
+
+
+def test_on_device_with_sampling_and_chunks(device):
+    torch.manual_seed(3)
+    loss_fn = PartialFCLoss(500, 16, sample_rate=0.3, chunk_size=64, device=device)
+    assert loss_fn.weight.device.type == device.type
+    x = torch.randn(24, 16, device=device, requires_grad=True)
+    y = torch.randint(0, 500, (24,), device=device)
+    loss = loss_fn(x, y)
+    loss.backward()
+    index = loss_fn.last_sampled.cpu()
+    assert index.numel() == 150 and set(y.tolist()) <= set(index.tolist())
+    remapped = torch.searchsorted(index, y.cpu())
+    ref_loss, ref_gx, ref_gw = _reference_grads_with(
+        x.cpu(), loss_fn.weight.cpu()[index], remapped, ArcFaceMargin(0.5), 64.0
+    )
+    torch.testing.assert_close(loss.detach().cpu().double(), ref_loss, rtol=1e-5, atol=0)
+    tol = 1e-5 * ref_gx.abs().max().item()
+    torch.testing.assert_close(x.grad.cpu().double(), ref_gx, rtol=1e-5, atol=tol)
+    tol = 1e-5 * ref_gw.abs().max().item()
+    torch.testing.assert_close(
+        loss_fn.weight.grad.cpu()[index].double(), ref_gw, rtol=1e-5, atol=tol
+    )
 
 
 def test_sampling_keeps_all_positives_beyond_the_rate():
@@ -262,7 +329,27 @@ def _sharded_worker(rank: int, world_size: int):
     loss.backward()
     out["t_loss"], out["t_gx"], out["t_gw"] = loss.detach(), local_x.grad.clone(), tiny.weight.grad
     out["t_full"] = tiny.gather_weight()
+    # the documented DDP recipe: backbone in DDP, head outside; DDP averages the backbone's
+    # gradients, so they are 1 / world_size of the global loss's gradient
+    backbone = _backbone()
+    ddp = torch.nn.parallel.DistributedDataParallel(backbone)
+    head = PartialFCLoss(NUM_CLASSES, DIM, margin=arcface_safe, scale=SCALE, dtype=torch.float64)
+    head.load_full_weight(w)
+    head(ddp(_inputs()[start : start + SIZES[rank]]), local_y).backward()
+    out["ddp_grad"] = backbone.weight.grad.clone()
+    out["ddp_head_grad"] = head.weight.grad.clone()
     return out
+
+
+def _backbone() -> torch.nn.Linear:
+    torch.manual_seed(7)
+    return torch.nn.Linear(3, DIM, dtype=torch.float64)
+
+
+def _inputs() -> torch.Tensor:
+    return torch.randn(
+        sum(SIZES), 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+    )
 
 
 @pytest.mark.distributed
@@ -296,6 +383,14 @@ def test_sharded_equals_single_process_dense():
         torch.testing.assert_close(out["s_loss"], s_loss)
         torch.testing.assert_close(out["s_gx"], s_gx[b0 : b0 + SIZES[rank]])
         torch.testing.assert_close(out["s_gw"], full_gw[start:stop], rtol=1e-7, atol=0)
+
+    backbone = _backbone()
+    w_ref = w.clone().requires_grad_(True)
+    dense_reference(backbone(_inputs()), w_ref, y).backward()
+    for rank, out in enumerate(results):
+        start, stop = shard_range(NUM_CLASSES, 2, rank)
+        torch.testing.assert_close(out["ddp_grad"], backbone.weight.grad / 2)
+        torch.testing.assert_close(out["ddp_head_grad"], w_ref.grad[start:stop])
 
     t_loss, t_gx, t_gw = _reference_grads(x, w[:1], torch.zeros_like(y))
     assert results[1]["t_gw"].shape == (0, DIM)

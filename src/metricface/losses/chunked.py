@@ -9,7 +9,8 @@ here walks the classes in chunks of ``chunk_size`` rows of ``weight``:
   (an online log-sum-exp), so only one ``(B, chunk_size)`` block exists at a time;
 * **backward** recomputes each chunk's logits from the saved log-sum-exp, forms that block's
   gradient ``scale * (softmax - onehot)``, accumulates the embeddings' gradient and writes the
-  chunk's rows of the weight gradient.
+  chunk's rows of the weight gradient. When all classes fit in one chunk, that block's
+  softmax is kept from the forward pass instead (no recomputation, the dense trade-off).
 
 Peak extra memory is ``O(B * chunk_size + B * D)`` on top of ``weight`` and its gradient.
 The same kernel computes the *distributed* loss when the rows of ``weight`` are one rank's
@@ -32,7 +33,7 @@ from metricface._validation import check_embeddings, check_labels, check_scalar
 
 __all__ = ["chunked_margin_cross_entropy"]
 
-Margin = Callable[[torch.Tensor], torch.Tensor]
+_MarginFn = Callable[[torch.Tensor], torch.Tensor]
 
 _EPS = 1e-12  # as torch.nn.functional.normalize
 _REDUCTIONS = ("mean", "sum", "none")
@@ -102,7 +103,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         embeddings: torch.Tensor,
         weight: torch.Tensor,
         local_labels: torch.Tensor,
-        margin: Margin,
+        margin: _MarginFn,
         scale: float,
         chunk_size: int,
         reduction: str,
@@ -121,6 +122,10 @@ class _ChunkedMarginCE(torch.autograd.Function):
             batch, num_local = unit_x.shape[0], weight.shape[0]
             run_max = unit_x.new_full((batch,), float("-inf"))
             run_sum = unit_x.new_zeros(batch)
+            # a single block is kept and turned into probabilities for the backward pass
+            # (no recomputation); several blocks are recomputed there instead
+            single = num_local <= chunk_size
+            kept = None
             for start in range(0, num_local, chunk_size):
                 logits, _, _ = _chunk_logits(
                     unit_x, weight[start : start + chunk_size], scale, target_logit,
@@ -131,6 +136,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
                     logits - new_max[:, None]
                 ).sum(dim=1)
                 run_max = new_max
+                kept = logits if single else None
                 del logits
             if distributed:
                 global_max = run_max.clone()
@@ -143,8 +149,9 @@ class _ChunkedMarginCE(torch.autograd.Function):
                 run_max = global_max
             lse = run_max + torch.log(run_sum)
             losses = lse - target_logit
+            probs = None if kept is None else kept.sub_(lse[:, None]).exp_()
 
-        ctx.save_for_backward(embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse)
+        ctx.save_for_backward(embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse, probs)
         ctx.margin, ctx.scale, ctx.chunk_size, ctx.reduction = margin, scale, chunk_size, reduction
         if reduction == "mean":
             out = losses.mean()
@@ -157,7 +164,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse = ctx.saved_tensors
+        embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse, probs = ctx.saved_tensors
         scale, chunk_size = ctx.scale, ctx.chunk_size
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(embeddings.device.type, enabled=False):
@@ -182,13 +189,17 @@ class _ChunkedMarginCE(torch.autograd.Function):
             grad_w = torch.empty_like(weight) if need_w else None  # every row is written
             for start in range(0, weight.shape[0], chunk_size):
                 stop = min(start + chunk_size, weight.shape[0])
-                logits, unit_w, norm_w = _chunk_logits(
-                    unit_x, weight[start:stop], scale, target_logit, local_labels, start
-                )
                 # gradient w.r.t. this chunk's cosines: scale * g * softmax, target column
                 # replaced by the margin's chain rule
-                grad_cos = torch.exp(logits.sub_(lse[:, None])).mul_((g * scale)[:, None])
-                del logits
+                if probs is None:
+                    logits, unit_w, norm_w = _chunk_logits(
+                        unit_x, weight[start:stop], scale, target_logit, local_labels, start
+                    )
+                    grad_cos = torch.exp(logits.sub_(lse[:, None])).mul_((g * scale)[:, None])
+                    del logits
+                else:
+                    unit_w, norm_w = _normalize(weight.to(dtype))
+                    grad_cos = probs * (g * scale)[:, None]
                 _put_target(grad_cos, g_target, local_labels, start)
                 if need_x:
                     grad_unit_x.addmm_(grad_cos, unit_w)
@@ -230,7 +241,7 @@ def chunked_margin_cross_entropy(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    margin: Margin,
+    margin: _MarginFn,
     scale: float = 64.0,
     chunk_size: int = 8192,
     reduction: str = "mean",
@@ -247,8 +258,9 @@ def chunked_margin_cross_entropy(
 
     with the margin ``psi = margin``, but never allocates the ``(B, C)`` logits or their
     gradient: memory beyond the inputs and the weight gradient is ``O(B * chunk_size)``.
-    The backward pass recomputes each chunk's logits (about twice the matmul work of the
-    forward, the price of not storing them).
+    With more than one chunk the backward pass recomputes each chunk's logits (one extra
+    ``B x C x D`` matmul, the price of not storing them); with ``chunk_size >= C`` the
+    softmax is kept from the forward pass instead.
 
     Parameters
     ----------
@@ -262,7 +274,7 @@ def chunked_margin_cross_entropy(
     margin : callable
         Maps the target cosines, a float32 (or float64) tensor of shape ``(B,)`` clamped to
         ``[-1, 1]``, to the modified target cosines of the same shape (before scaling), e.g.
-        ``metricface.losses.functional.ArcFaceMargin(0.5)``. Must be differentiable by
+        :class:`~metricface.losses.ArcFaceMargin`. Must be differentiable by
         autograd; its derivative is taken in the backward pass (parameters of the margin, if
         any, receive no gradient).
     scale : float
@@ -286,11 +298,10 @@ def chunked_margin_cross_entropy(
 
     Examples
     --------
-    >>> from metricface.losses.chunked import chunked_margin_cross_entropy
+    >>> from metricface.losses import CosFaceMargin, chunked_margin_cross_entropy
     >>> x, w = torch.randn(4, 8), torch.randn(100, 8)
     >>> y = torch.tensor([0, 5, 99, 5])
-    >>> cosface = lambda cos: cos - 0.35
-    >>> loss = chunked_margin_cross_entropy(x, w, y, cosface, scale=30.0, chunk_size=16)
+    >>> loss = chunked_margin_cross_entropy(x, w, y, CosFaceMargin(0.35), 30.0, chunk_size=16)
     >>> loss.shape
     torch.Size([])
     """
@@ -307,7 +318,7 @@ def _margin_cross_entropy_shard(
     embeddings: torch.Tensor,
     weight: torch.Tensor,
     local_labels: torch.Tensor,
-    margin: Margin,
+    margin: _MarginFn,
     scale: float,
     chunk_size: int,
     reduction: str,

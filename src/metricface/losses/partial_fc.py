@@ -4,7 +4,7 @@
 three independent ideas, each of which can be used alone:
 
 **Chunking** (``chunk_size``): the softmax is evaluated over blocks of classes with an online
-log-sum-exp (:func:`~metricface.losses.chunked_margin_cross_entropy`), so the
+log-sum-exp (:func:`~metricface.losses.chunked.chunked_margin_cross_entropy`), so the
 ``(B, C)`` logits and their gradient are never held in memory at once.
 
 **Class-center sampling** (``sample_rate < 1``): each step scores the batch against every
@@ -40,7 +40,7 @@ Every rank returns the same loss, the mean over the global batch. Gradients:
 * each rank's input embeddings receive the gradient of the global loss with respect to them
   (the all-gather's backward sums the shards' contributions). A backbone wrapped in DDP then
   gets its gradients averaged over ranks, which is ``1 / W`` times the gradient of the global
-  loss: scale the backbone's learning rate by ``W`` (or its loss) to match one process
+  loss: scale the backbone's learning rate by ``W`` to match one process
   training on the whole global batch.
 
 Collectives used: all-gather, all-reduce (sum and max) and broadcast, all on tensors living on
@@ -58,10 +58,11 @@ from torch import nn
 from metricface._validation import check_embeddings, check_labels, check_scalar
 from metricface.distributed import all_gather_with_grad
 from metricface.losses.chunked import _margin_cross_entropy_shard
+from metricface.losses.functional import ArcFaceMargin
 
 __all__ = ["PartialFCLoss", "shard_range"]
 
-Margin = Callable[[torch.Tensor], torch.Tensor]
+_MarginFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -98,16 +99,6 @@ def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
     return start, start + base + (1 if rank < rem else 0)
 
 
-def _default_margin() -> Margin:
-    try:
-        from metricface.losses.functional import ArcFaceMargin  # type: ignore[import-not-found]
-    except ImportError as exc:  # pragma: no cover - depends on the installed version
-        raise TypeError(
-            "margin is required: pass a callable mapping target cosines to modified cosines"
-        ) from exc
-    return ArcFaceMargin(0.5)
-
-
 class PartialFCLoss(nn.Module):
     """Margin-softmax loss over class centers for very many classes (Partial FC).
 
@@ -123,7 +114,12 @@ class PartialFCLoss(nn.Module):
         Embedding dimension ``D``.
     margin : callable, optional
         Maps target cosines ``(B,)`` (float32, in ``[-1, 1]``) to modified cosines before
-        scaling. Default ``ArcFaceMargin(0.5)`` from :mod:`metricface.losses.functional`.
+        scaling: :class:`~metricface.losses.ArcFaceMargin`,
+        :class:`~metricface.losses.CosFaceMargin`, :class:`~metricface.losses.CombinedMargin`,
+        :class:`~metricface.losses.SphereFaceMargin`, :class:`~metricface.losses.NoMargin` or
+        any differentiable callable. Default ``ArcFaceMargin(0.5)``.
+        (:class:`~metricface.losses.AdaFaceMargin` also needs the embedding norms and is not
+        supported.)
     scale : float
         Logit scale ``s`` (> 0).
     sample_rate : float
@@ -152,9 +148,8 @@ class PartialFCLoss(nn.Module):
 
     Examples
     --------
-    >>> from metricface.losses import PartialFCLoss
-    >>> arcface = lambda cos: torch.cos(torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)) + 0.5)
-    >>> loss_fn = PartialFCLoss(1000, 16, margin=arcface, sample_rate=0.1, chunk_size=256)
+    >>> from metricface.losses import ArcFaceMargin, PartialFCLoss
+    >>> loss_fn = PartialFCLoss(1000, 16, ArcFaceMargin(0.5), sample_rate=0.1, chunk_size=256)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
     >>> loss.backward()
     >>> int((loss_fn.weight.grad.abs().sum(dim=1) > 0).sum())  # only the sampled rows
@@ -165,7 +160,7 @@ class PartialFCLoss(nn.Module):
         self,
         num_classes: int,
         embedding_dim: int,
-        margin: Margin | None = None,
+        margin: _MarginFn | None = None,
         scale: float = 64.0,
         sample_rate: float = 1.0,
         chunk_size: int | None = None,
@@ -182,7 +177,7 @@ class PartialFCLoss(nn.Module):
         if chunk_size is not None:
             check_scalar(chunk_size, "chunk_size", low=1, integer=True)
         if margin is None:
-            margin = _default_margin()
+            margin = ArcFaceMargin(0.5)
         if not callable(margin):
             raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
         self.num_classes = int(num_classes)
@@ -228,7 +223,7 @@ class PartialFCLoss(nn.Module):
             shard = f", shard=[{self.class_start}, {self.class_stop}) of {self.world_size} ranks"
         return (
             f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
-            f"scale={self.scale}, sample_rate={self.sample_rate}, "
+            f"margin={self.margin!r}, scale={self.scale}, sample_rate={self.sample_rate}, "
             f"chunk_size={self.chunk_size}{shard}"
         )
 
