@@ -117,7 +117,5 @@ def check_labels(
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"{name} must be in [0, num_classes={num_classes}), got a label {bad}"
-            )
+            raise ValueError(f"{name} must be in [0, num_classes={num_classes}), got a label {bad}")
     return labels

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metricface.losses import TripletMarginLoss
+from metricface.losses import triplet as triplet_module
 from metricface.miners import BatchHardMiner, TripletMarginMiner
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
@@ -55,6 +56,15 @@ def _brute_force(x, y, margin, swap=False, smooth=False, ref=None, ref_y=None):
     return nz.mean() if nz.numel() else torch.zeros((), dtype=torch.float64)
 
 
+@pytest.fixture(params=["chunked", "sorted"])
+def all_triplet_path(request, monkeypatch):
+    """Run a test through both all-triplet implementations."""
+    threshold = 10**9 if request.param == "chunked" else -1
+    monkeypatch.setattr(triplet_module, "SORTED_MIN_POSITIVES_PER_ANCHOR", threshold)
+    return request.param
+
+
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize(
     "kwargs",
@@ -87,6 +97,7 @@ def test_same_index_tuples_match_pml_both_directions():
     torch.testing.assert_close(ours(x, indices_tuple=t), peer(x, y, indices_tuple=t))
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 def test_ref_emb_matches_pml():
     x, y = _batch(20, seed=2)
     r, ry = _batch(30, seed=3)
@@ -114,19 +125,27 @@ def test_swap_with_ref_uses_reference_distances():
     margin=st.floats(0.0, 1.0),
     duplicate=st.booleans(),
     smooth=st.booleans(),
+    sorted_path=st.booleans(),
 )
-def test_matches_brute_force(labels, seed, margin, duplicate, smooth):
+def test_matches_brute_force(labels, seed, margin, duplicate, smooth, sorted_path):
+    threshold = -1 if sorted_path else 10**9
     y = torch.tensor(labels)
     x = torch.randn(len(labels), 5, generator=torch.Generator().manual_seed(seed))
     if duplicate:
         x[-1] = x[0]
     xd = x.double().requires_grad_(True)
-    loss = TripletMarginLoss(margin=margin, smooth_loss=smooth)(xd, y)
+    saved = triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR
+    triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = threshold
+    try:
+        loss = TripletMarginLoss(margin=margin, smooth_loss=smooth)(xd, y)
+    finally:
+        triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = saved
     torch.testing.assert_close(loss, _brute_force(x, y, margin, smooth=smooth))
     loss.backward()
     assert torch.isfinite(xd.grad).all()
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
 @pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3], [5]])
 def test_no_valid_triplet_is_zero_with_graph(kwargs, labels):
@@ -139,6 +158,7 @@ def test_no_valid_triplet_is_zero_with_graph(kwargs, labels):
     assert TripletMarginLoss(**kwargs)(x, indices_tuple=empty).item() == 0.0
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 def test_all_triplets_satisfied_is_zero_with_graph():
     x = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0], [-1.0, 0.01]], requires_grad=True)
     loss = TripletMarginLoss(margin=0.05)(x, torch.tensor([0, 0, 1, 1]))
@@ -147,6 +167,7 @@ def test_all_triplets_satisfied_is_zero_with_graph():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
 def test_duplicated_embeddings_give_finite_gradients(kwargs):
     x = torch.randn(4, 8).repeat(3, 1).requires_grad_(True)  # every row appears three times

@@ -8,13 +8,14 @@ With ``labels`` alone the loss covers *every* valid triplet of the batch. The pe
 them through a ``B x B x B`` mask, which runs out of memory beyond a few thousand embeddings.
 Here:
 
-* hinge loss without ``swap``: for each anchor the negative distances are sorted once; for
-  each positive pair the violating negatives are a prefix of that order, so their count and the
-  sum of their distances come from a binary search and a cumulative sum. Memory and gradient
-  memory O(B * R), time O(B * R * log R);
-* ``swap`` or ``smooth_loss``: the terms are summed in chunks of positive pairs by a custom
-  autograd function whose backward pass recomputes each chunk instead of storing it. Memory
-  O(chunk_elements + B * R).
+* by default the terms are summed in chunks of positive pairs by a custom autograd function
+  whose backward pass recomputes each chunk instead of storing it: memory
+  O(chunk_elements + B * R), time O(#positive pairs * R);
+* hinge loss without ``swap`` when anchors have many positives (more than
+  ``SORTED_MIN_POSITIVES_PER_ANCHOR`` on average, i.e. few large classes): for each anchor the
+  negative distances are sorted once; for each positive pair the violating negatives are a
+  prefix of that order, so their count and the sum of their distances come from a binary
+  search and a cumulative sum. Memory O(B * R), time O(B * R * log R) however many positives.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from metricface.miners._tuples import to_triplets
 __all__ = ["TripletMarginLoss"]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# The sorted path costs two O(R log R) passes per anchor (sort, binary search), the chunked
+# path O(R) per positive pair; sorting only pays off with many positives per anchor.
+SORTED_MIN_POSITIVES_PER_ANCHOR = 16
 
 
 class TripletMarginLoss(TupleLoss):
@@ -108,7 +112,8 @@ class TripletMarginLoss(TupleLoss):
 
     def _groups_from_masks(self, mat, pos, neg, embeddings, ref_emb):
         dis = self.margin_sign() * mat
-        if not (self.swap or self.smooth_loss):
+        many_positives = int(pos.sum()) > SORTED_MIN_POSITIVES_PER_ANCHOR * pos.shape[0]
+        if many_positives and not (self.swap or self.smooth_loss):
             return [self._sorted_hinge(dis, pos, neg)]
         return [self._chunked(dis, self._ref_dis(dis, ref_emb) if self.swap else dis, pos, neg)]
 
@@ -164,7 +169,8 @@ class _ChunkedTripletSum(torch.autograd.Function):
         count = torch.zeros((), dtype=torch.long, device=dis.device)
         for start in range(0, a_all.numel(), step):
             a, p = a_all[start : start + step], p_all[start : start + step]
-            s, c = loss._block(dis[a, p], dis[a], ref_dis[p], neg[a])
+            d_pn = ref_dis[p] if loss.swap else None
+            s, c = loss._block(dis[a, p], dis[a], d_pn, neg[a])
             total += s
             count += c
         ctx.save_for_backward(dis, ref_dis, neg, a_all, p_all)
@@ -182,9 +188,15 @@ class _ChunkedTripletSum(torch.autograd.Function):
             with torch.enable_grad():
                 d_ap = dis[a, p].detach().requires_grad_(True)
                 d_an = dis[a].detach().requires_grad_(True)
-                d_pn = ref_dis[p].detach().requires_grad_(True)
+                inputs = [d_ap, d_an]
+                d_pn = None
+                if ctx.loss.swap:
+                    d_pn = ref_dis[p].detach().requires_grad_(True)
+                    inputs.append(d_pn)
                 s, _ = ctx.loss._block(d_ap, d_an, d_pn, neg[a])
-                g_ap, g_an, g_pn = torch.autograd.grad(s, (d_ap, d_an, d_pn), allow_unused=True)
+                grads = torch.autograd.grad(s, inputs, allow_unused=True)
+            g_ap, g_an = grads[0], grads[1]
+            g_pn = grads[2] if ctx.loss.swap else None
             if g_ap is not None:
                 grad_dis.index_put_((a, p), g_ap, accumulate=True)
             if g_an is not None:
