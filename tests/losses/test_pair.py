@@ -184,3 +184,39 @@ def test_input_errors():
         loss(y, y)
     with pytest.raises(TypeError, match="pos_margin must be a real number"):
         ContrastiveLoss(pos_margin="0")
+
+
+def _all_losses():
+    from metricface.losses import MultiSimilarityLoss, TripletMarginLoss
+
+    return [
+        ContrastiveLoss(),
+        ContrastiveLoss(distance="cosine"),
+        TripletMarginLoss(),
+        TripletMarginLoss(swap=True, smooth_loss=True),
+        MultiSimilarityLoss(),
+    ]
+
+
+@given(
+    labels=st.lists(st.integers(0, 3), min_size=1, max_size=10),
+    seed=st.integers(0, 2**16),
+    duplicates=st.integers(0, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+)
+def test_every_loss_is_finite_with_finite_gradients(labels, seed, duplicates, dtype):
+    """Any batch, including duplicated embeddings (distance 0) and half precision."""
+    y = torch.tensor(labels)
+    x = torch.randn(len(labels), 6, generator=torch.Generator().manual_seed(seed))
+    for i in range(min(duplicates, len(labels) - 1)):
+        x[i + 1] = x[0]
+    has_pos = any(labels.count(v) > 1 for v in set(labels))
+    for loss_fn in _all_losses():
+        xg = x.to(dtype, copy=True).requires_grad_(True)
+        loss = loss_fn(xg, y)
+        assert loss.dtype == dtype and torch.isfinite(loss.float())
+        loss.backward()
+        assert torch.isfinite(xg.grad.float()).all()
+        if not has_pos and type(loss_fn).__name__ == "TripletMarginLoss":
+            assert loss.item() == 0.0 and loss.requires_grad
+            assert not xg.grad.any()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from metricface.losses import TripletMarginLoss
+from metricface.losses import triplet as triplet_module
 from metricface.miners import BatchHardMiner, TripletMarginMiner
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
@@ -34,8 +35,12 @@ def _peer(distance="euclidean", **kwargs):
     return pml_losses.TripletMarginLoss(distance=dist, **kwargs)
 
 
-def _brute_force(x, y, margin, swap=False, smooth=False, ref=None, ref_y=None):
-    """float64 re-derivation over the explicit B x R x R triplet cube (small B only)."""
+def _brute_force(x, y, margin, swap=False, smooth=False, ref=None, ref_y=None, gap=False):
+    """float64 re-derivation over the explicit B x R x R triplet cube (small B only).
+
+    With ``gap=True`` also return how close the nearest hinge argument is to 0: the mean over
+    non-zero terms jumps there, so a comparison is only meaningful away from it.
+    """
     x = torch.nn.functional.normalize(x.double(), dim=1)
     r = x if ref is None else torch.nn.functional.normalize(ref.double(), dim=1)
     ry = y if ref_y is None else ref_y
@@ -52,9 +57,21 @@ def _brute_force(x, y, margin, swap=False, smooth=False, ref=None, ref_y=None):
     v = d[:, :, None] - an + margin
     terms = (torch.nn.functional.softplus(v) if smooth else torch.relu(v))[valid]
     nz = terms[terms > 0]
-    return nz.mean() if nz.numel() else torch.zeros((), dtype=torch.float64)
+    value = nz.mean() if nz.numel() else torch.zeros((), dtype=torch.float64)
+    if gap:
+        return value, (v[valid].abs().min().item() if valid.any() else float("inf"))
+    return value
 
 
+@pytest.fixture(params=["chunked", "sorted"])
+def all_triplet_path(request, monkeypatch):
+    """Run a test through both all-triplet implementations."""
+    threshold = 10**9 if request.param == "chunked" else -1
+    monkeypatch.setattr(triplet_module, "SORTED_MIN_POSITIVES_PER_ANCHOR", threshold)
+    return request.param
+
+
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize(
     "kwargs",
@@ -87,6 +104,7 @@ def test_same_index_tuples_match_pml_both_directions():
     torch.testing.assert_close(ours(x, indices_tuple=t), peer(x, y, indices_tuple=t))
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 def test_ref_emb_matches_pml():
     x, y = _batch(20, seed=2)
     r, ry = _batch(30, seed=3)
@@ -114,19 +132,30 @@ def test_swap_with_ref_uses_reference_distances():
     margin=st.floats(0.0, 1.0),
     duplicate=st.booleans(),
     smooth=st.booleans(),
+    sorted_path=st.booleans(),
 )
-def test_matches_brute_force(labels, seed, margin, duplicate, smooth):
+def test_matches_brute_force(labels, seed, margin, duplicate, smooth, sorted_path):
+    threshold = -1 if sorted_path else 10**9
     y = torch.tensor(labels)
     x = torch.randn(len(labels), 5, generator=torch.Generator().manual_seed(seed))
     if duplicate:
         x[-1] = x[0]
     xd = x.double().requires_grad_(True)
-    loss = TripletMarginLoss(margin=margin, smooth_loss=smooth)(xd, y)
-    torch.testing.assert_close(loss, _brute_force(x, y, margin, smooth=smooth))
+    saved = triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR
+    triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = threshold
+    try:
+        loss = TripletMarginLoss(margin=margin, smooth_loss=smooth)(xd, y)
+    finally:
+        triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = saved
+    expected, gap = _brute_force(x, y, margin, smooth=smooth, gap=True)
+    # a hinge argument within rounding of 0 may count as a non-zero term on one side only
+    assume(smooth or gap > 1e-9)
+    torch.testing.assert_close(loss, expected)
     loss.backward()
     assert torch.isfinite(xd.grad).all()
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
 @pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3], [5]])
 def test_no_valid_triplet_is_zero_with_graph(kwargs, labels):
@@ -139,6 +168,7 @@ def test_no_valid_triplet_is_zero_with_graph(kwargs, labels):
     assert TripletMarginLoss(**kwargs)(x, indices_tuple=empty).item() == 0.0
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 def test_all_triplets_satisfied_is_zero_with_graph():
     x = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0], [-1.0, 0.01]], requires_grad=True)
     loss = TripletMarginLoss(margin=0.05)(x, torch.tensor([0, 0, 1, 1]))
@@ -147,6 +177,7 @@ def test_all_triplets_satisfied_is_zero_with_graph():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+@pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
 def test_duplicated_embeddings_give_finite_gradients(kwargs):
     x = torch.randn(4, 8).repeat(3, 1).requires_grad_(True)  # every row appears three times

@@ -8,13 +8,14 @@ With ``labels`` alone the loss covers *every* valid triplet of the batch. The pe
 them through a ``B x B x B`` mask, which runs out of memory beyond a few thousand embeddings.
 Here:
 
-* hinge loss without ``swap``: for each anchor the negative distances are sorted once; for
-  each positive pair the violating negatives are a prefix of that order, so their count and the
-  sum of their distances come from a binary search and a cumulative sum. Memory and gradient
-  memory O(B * R), time O(B * R * log R);
-* ``swap`` or ``smooth_loss``: the terms are summed in chunks of positive pairs by a custom
-  autograd function whose backward pass recomputes each chunk instead of storing it. Memory
-  O(chunk_elements + B * R).
+* by default the terms are summed in chunks of positive pairs by a custom autograd function
+  whose backward pass recomputes each chunk instead of storing it: memory
+  O(chunk_elements + B * R), time O(#positive pairs * R);
+* hinge loss without ``swap`` when anchors have many positives (more than
+  ``SORTED_MIN_POSITIVES_PER_ANCHOR`` on average, i.e. few large classes): for each anchor the
+  negative distances are sorted once; for each positive pair the violating negatives are a
+  prefix of that order, so their count and the sum of their distances come from a binary
+  search and a cumulative sum. Memory O(B * R), time O(B * R * log R) however many positives.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import torch.nn.functional as F
 
 from metricface._validation import check_scalar
 from metricface.distances import pairwise_matrix
-from metricface.losses._tuple_loss import TupleLoss, mean_nonzero
+from metricface.losses._tuple_loss import TupleLoss
 from metricface.miners._tuples import to_triplets
 
 __all__ = ["TripletMarginLoss"]
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# The sorted path costs two O(R log R) passes per anchor (sort, binary search), the chunked
+# path O(R) per positive pair; sorting only pays off with many positives per anchor.
+SORTED_MIN_POSITIVES_PER_ANCHOR = 16
 
 
 class TripletMarginLoss(TupleLoss):
@@ -101,14 +105,14 @@ class TripletMarginLoss(TupleLoss):
     def _groups_from_tuple(self, mat, indices_tuple, embeddings, ref_emb):
         a, p, n = to_triplets(indices_tuple)
         dis = self.margin_sign() * mat
-        d_ap, d_an = dis[a, p], dis[a, n]
-        if self.swap:
-            d_an = torch.minimum(d_an, self._ref_dis(dis, ref_emb)[p, n])
-        return [mean_nonzero(self._terms(d_ap - d_an + self.margin))]
+        ref_dis = self._ref_dis(dis, ref_emb) if self.swap else dis
+        plan = _GivenTriplets(a, p, n, self.chunk_elements)
+        return [_ChunkedTripletSum.apply(dis, ref_dis, plan, self)]
 
     def _groups_from_masks(self, mat, pos, neg, embeddings, ref_emb):
         dis = self.margin_sign() * mat
-        if not (self.swap or self.smooth_loss):
+        many_positives = int(pos.sum()) > SORTED_MIN_POSITIVES_PER_ANCHOR * pos.shape[0]
+        if many_positives and not (self.swap or self.smooth_loss):
             return [self._sorted_hinge(dis, pos, neg)]
         return [self._chunked(dis, self._ref_dis(dis, ref_emb) if self.swap else dis, pos, neg)]
 
@@ -130,17 +134,15 @@ class TripletMarginLoss(TupleLoss):
 
     def _chunked(self, dis, ref_dis, pos, neg):
         """Sum and count of the non-zero terms over all triplets, chunk by chunk."""
-        a_all, p_all = pos.nonzero(as_tuple=True)
-        step = max(1, self.chunk_elements // dis.shape[1])
-        total, count = _ChunkedTripletSum.apply(dis, ref_dis, neg, a_all, p_all, step, self)
-        return total, count
+        plan = _AllTriplets(pos, neg, max(1, self.chunk_elements // dis.shape[1]))
+        return _ChunkedTripletSum.apply(dis, ref_dis, plan, self)
 
-    def _block(self, d_ap, d_an, d_pn, neg_rows):
-        """Sum and count of the non-zero terms of a ``(K, R)`` block of triplets."""
+    def _block(self, d_ap, d_an, d_pn, valid):
+        """Sum and count of the non-zero terms of a block of triplets (shapes broadcast)."""
         if self.swap:
             d_an = torch.minimum(d_an, d_pn)
-        terms = self._terms(d_ap.unsqueeze(1) - d_an + self.margin)
-        keep = neg_rows & (terms > 0)
+        terms = self._terms(d_ap - d_an + self.margin)
+        keep = terms > 0 if valid is None else valid & (terms > 0)
         return torch.where(keep, terms, torch.zeros_like(terms)).sum(), keep.sum()
 
     def extra_repr(self) -> str:
@@ -150,47 +152,101 @@ class TripletMarginLoss(TupleLoss):
         )
 
 
-class _ChunkedTripletSum(torch.autograd.Function):
-    """Sum of triplet terms over every (positive pair, negative), recomputed in backward.
+class _AllTriplets:
+    """Every (positive pair, negative) of the label masks, one chunk of positive pairs at a time.
 
-    Forward keeps nothing but its inputs; backward re-scores one chunk of positive pairs at a
-    time and scatters the chunk's gradient into ``(B, R)`` buffers, so memory never exceeds
-    one chunk plus the distance matrices.
+    Blocks are ``(K, R)``: ``d_ap`` is ``(K, 1)``, ``d_an`` and ``d_pn`` are rows.
+    """
+
+    def __init__(self, pos: torch.Tensor, neg: torch.Tensor, step: int) -> None:
+        self.a, self.p = pos.nonzero(as_tuple=True)
+        self.neg, self.step = neg, step
+
+    def chunks(self):
+        for start in range(0, self.a.numel(), self.step):
+            yield self.a[start : start + self.step], self.p[start : start + self.step]
+
+    def gather(self, dis, ref_dis, chunk, swap):
+        a, p = chunk
+        d_pn = ref_dis[p] if swap else None
+        return dis[a, p].unsqueeze(1), dis[a], d_pn, self.neg[a]
+
+    def scatter(self, grad_dis, grad_ref, chunk, g_ap, g_an, g_pn):
+        a, p = chunk
+        grad_dis.index_put_((a, p), g_ap.squeeze(1), accumulate=True)
+        grad_dis.index_add_(0, a, g_an)
+        if g_pn is not None:
+            grad_ref.index_add_(0, p, g_pn)
+
+
+class _GivenTriplets:
+    """Explicit triplets ``(a, p, n)``, ``step`` at a time; blocks are 1-D."""
+
+    def __init__(self, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, step: int) -> None:
+        self.a, self.p, self.n, self.step = a, p, n, step
+
+    def chunks(self):
+        for start in range(0, self.a.numel(), self.step):
+            stop = start + self.step
+            yield self.a[start:stop], self.p[start:stop], self.n[start:stop]
+
+    def gather(self, dis, ref_dis, chunk, swap):
+        a, p, n = chunk
+        return dis[a, p], dis[a, n], (ref_dis[p, n] if swap else None), None
+
+    def scatter(self, grad_dis, grad_ref, chunk, g_ap, g_an, g_pn):
+        a, p, n = chunk
+        grad_dis.index_put_((a, p), g_ap, accumulate=True)
+        grad_dis.index_put_((a, n), g_an, accumulate=True)
+        if g_pn is not None:
+            grad_ref.index_put_((p, n), g_pn, accumulate=True)
+
+
+class _ChunkedTripletSum(torch.autograd.Function):
+    """Sum and count of the non-zero triplet terms of a plan, recomputed in backward.
+
+    Forward keeps nothing but its inputs and the plan's indices; backward re-scores one chunk
+    at a time and scatters the chunk's gradient into ``(B, R)`` buffers, so memory never exceeds
+    one chunk plus the distance matrices, however many triplets there are.
     """
 
     @staticmethod
-    def forward(ctx, dis, ref_dis, neg, a_all, p_all, step, loss):  # type: ignore[override]
+    def forward(ctx, dis, ref_dis, plan, loss):  # type: ignore[override]
         total = dis.new_zeros(())
         count = torch.zeros((), dtype=torch.long, device=dis.device)
-        for start in range(0, a_all.numel(), step):
-            a, p = a_all[start : start + step], p_all[start : start + step]
-            s, c = loss._block(dis[a, p], dis[a], ref_dis[p], neg[a])
+        for chunk in plan.chunks():
+            s, c = loss._block(*plan.gather(dis, ref_dis, chunk, loss.swap))
             total += s
             count += c
-        ctx.save_for_backward(dis, ref_dis, neg, a_all, p_all)
-        ctx.step, ctx.loss = step, loss
+        ctx.save_for_backward(dis, ref_dis)
+        ctx.plan, ctx.loss = plan, loss
         ctx.mark_non_differentiable(count)
         return total, count
 
     @staticmethod
     def backward(ctx, grad_total, _grad_count):  # type: ignore[override]
-        dis, ref_dis, neg, a_all, p_all = ctx.saved_tensors
+        dis, ref_dis = ctx.saved_tensors
+        plan, loss = ctx.plan, ctx.loss
         grad_dis = torch.zeros_like(dis)
-        grad_ref = torch.zeros_like(ref_dis)
-        for start in range(0, a_all.numel(), ctx.step):
-            a, p = a_all[start : start + ctx.step], p_all[start : start + ctx.step]
+        grad_ref = torch.zeros_like(ref_dis) if loss.swap else None
+        for chunk in plan.chunks():
+            d_ap, d_an, d_pn, valid = plan.gather(dis, ref_dis, chunk, loss.swap)
             with torch.enable_grad():
-                d_ap = dis[a, p].detach().requires_grad_(True)
-                d_an = dis[a].detach().requires_grad_(True)
-                d_pn = ref_dis[p].detach().requires_grad_(True)
-                s, _ = ctx.loss._block(d_ap, d_an, d_pn, neg[a])
-                g_ap, g_an, g_pn = torch.autograd.grad(s, (d_ap, d_an, d_pn), allow_unused=True)
-            if g_ap is not None:
-                grad_dis.index_put_((a, p), g_ap, accumulate=True)
-            if g_an is not None:
-                grad_dis.index_add_(0, a, g_an)
-            if g_pn is not None:
-                grad_ref.index_add_(0, p, g_pn)
+                leaves = [t.detach().requires_grad_(True) for t in (d_ap, d_an)]
+                if d_pn is not None:
+                    leaves.append(d_pn.detach().requires_grad_(True))
+                s, _ = loss._block(*leaves[:2], leaves[2] if d_pn is not None else None, valid)
+                grads = torch.autograd.grad(s, leaves, allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
+            plan.scatter(
+                grad_dis,
+                grad_ref,
+                chunk,
+                grads[0],
+                grads[1],
+                grads[2] if d_pn is not None else None,
+            )
         grad_dis *= grad_total
-        grad_ref *= grad_total
-        return grad_dis, grad_ref, None, None, None, None, None
+        if grad_ref is not None:
+            grad_ref *= grad_total
+        return grad_dis, grad_ref, None, None

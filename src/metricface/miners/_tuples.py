@@ -100,7 +100,7 @@ def check_indices_tuple(
         if t.numel() == 0:
             continue
         bound = n_query if i in anchors else n_ref
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = (int(v) for v in torch.aminmax(t))
         if lo < 0 or hi >= bound:
             role = "anchor" if i in anchors else "reference"
             raise ValueError(

@@ -26,7 +26,7 @@ from metricface.miners._tuples import empty_tuple, label_masks
 __all__ = ["BaseMiner"]
 
 # Elements of one (chunk, R) block scored at a time while enumerating triplets.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 KeepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -144,7 +144,9 @@ class BaseMiner(nn.Module):
             rows, n = mask.nonzero(as_tuple=True)
             found = (a[rows], p[rows], n)
             if cap is None:
-                parts.append(found)
+                # int32 while collecting (indices < 2**31 always): the final int64 output is
+                # then the only full-size copy
+                parts.append(tuple(t.to(torch.int32) for t in found))
                 continue
             order = torch.arange(seen, seen + n.numel(), device=n.device)
             seen += n.numel()
@@ -163,7 +165,16 @@ class BaseMiner(nn.Module):
             return tuple(x[order] for x in kept[2:])
         if not parts:
             return empty_tuple(3, dis.device)
-        return tuple(torch.cat([part[i] for part in parts]) for i in range(3))
+        total = sum(part[0].numel() for part in parts)
+        out = tuple(torch.empty(total, dtype=torch.long, device=dis.device) for _ in range(3))
+        start = 0
+        while parts:
+            part = parts.pop(0)  # freed as soon as it is copied
+            stop = start + part[0].numel()
+            for column, values in zip(out, part):
+                column[start:stop] = values
+            start = stop
+        return out
 
     def _cap(self, triplets: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Apply ``max_triplets`` to an already-built (small) triplet tuple."""
