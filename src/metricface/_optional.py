@@ -53,9 +53,7 @@ def require(module: str, extra: str | None = None, purpose: str | None = None) -
             raise  # the module exists but one of *its* dependencies is missing
         extra = extra or _EXTRAS.get(module) or _EXTRAS.get(top)
         why = f" to {purpose}" if purpose else ""
-        hint = (
-            f"pip install 'metricface[{extra}]'" if extra else f"pip install {top}"
-        )
+        hint = f"pip install 'metricface[{extra}]'" if extra else f"pip install {top}"
         raise ImportError(
             f"metricface needs the optional package {top!r}{why}, which is not installed. "
             f"Install it with: {hint}"

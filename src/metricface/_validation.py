@@ -12,10 +12,14 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 __all__ = [
+    "as_tensor",
     "check_embeddings",
+    "check_finite",
+    "check_label_array",
     "check_labels",
     "check_scalar",
 ]
@@ -117,7 +121,83 @@ def check_labels(
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"{name} must be in [0, num_classes={num_classes}), got a label {bad}"
-            )
+            raise ValueError(f"{name} must be in [0, num_classes={num_classes}), got a label {bad}")
     return labels
+
+
+def check_label_array(labels: object, name: str = "labels") -> np.ndarray:
+    """Check for a 1-D array-like of integer labels and return it as a NumPy ``int64`` array.
+
+    Accepts a list/tuple of ints, a NumPy array or a CPU/GPU tensor (copied to the host), so
+    that code working on whole label sets (e.g. a dataset's ``targets``) takes any of them.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(N,)``, dtype ``int64`` (a view of ``labels`` when it already is one).
+    """
+    if isinstance(labels, torch.Tensor):
+        check_labels(labels, name=name)
+        return labels.detach().cpu().numpy().astype(np.int64, copy=False)
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+        raise TypeError(
+            f"{name} must be a 1-D sequence, numpy array or tensor of integer labels, "
+            f"got {type(labels).__name__}"
+        )
+    try:
+        array = np.asarray(labels)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be 1-D, got a ragged sequence") from exc
+    if array.size == 0 and array.dtype.kind == "f":
+        array = array.astype(np.int64)  # np.asarray([]) is float64
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {array.shape}")
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64, got a label {int(array.max())}")
+    return array.astype(np.int64, copy=False)
+
+
+def as_tensor(value: object, name: str) -> torch.Tensor:
+    """Return ``value`` as a tensor: tensors pass through, NumPy arrays and sequences convert.
+
+    NumPy arrays share memory where torch can; anything else raises a ``TypeError`` naming
+    ``name``.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or value.dtype.kind in "USV":
+            raise TypeError(f"{name} must hold numbers, got a NumPy array of dtype {value.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{name} must be a numeric array, got an unconvertible sequence"
+            ) from exc
+    raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Check that a floating-point tensor holds no NaN or infinity (one device read-back).
+
+    Returns
+    -------
+    torch.Tensor
+        ``tensor`` unchanged, for chaining.
+    """
+    if tensor.is_floating_point() and tensor.numel() > 0:
+        # A NaN or inf entry always makes the sum non-finite, so a finite sum (one cheap
+        # reduction) proves every entry finite; only then-overflowing sums need the full count.
+        if bool(torch.isfinite(tensor.sum())):
+            return tensor
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} must contain only finite values, got {bad} NaN or infinite "
+                f"entr{'y' if bad == 1 else 'ies'}"
+            )
+    return tensor

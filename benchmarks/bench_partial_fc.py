@@ -1,0 +1,247 @@
+"""Peak memory and time of a margin-softmax forward+backward with very many classes.
+
+Compares, in one run and on the same inputs:
+
+* ``chunked``: :class:`metricface.losses.PartialFCLoss` with ``chunk_size`` (online
+  log-sum-exp, the ``(B, C)`` logits never held);
+* ``dense``: :class:`metricface.losses.ArcFaceLoss`, the library's dense path (one
+  ``(B, C)`` buffer for cosines, logits and softmax);
+* the peer, pytorch-metric-learning's ``ArcFaceLoss`` (dense ``(B, C)`` logits).
+
+Each measurement runs in a fresh subprocess. Peak memory counts everything the step needs
+(the class-center weight, its gradient, the embeddings and every intermediate): on CUDA
+``torch.cuda.max_memory_allocated``, on CPU the growth of the process's peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs``). The largest class count that fits in
+``--budget-gb`` is found from the measured peaks at two sizes (memory is affine in ``C``) and
+then checked by a run at that size.
+
+Usage::
+
+    python benchmarks/bench_partial_fc.py --device cpu --budget-gb 4
+    python benchmarks/bench_partial_fc.py --device cuda            # budget: the GPU's memory
+    python benchmarks/bench_partial_fc.py --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+METHODS = ("chunked", "dense", "pml")
+LABEL = {
+    "chunked": "metricface chunked",
+    "dense": "metricface dense",
+    "pml": "PML ArcFaceLoss",
+}
+
+
+# ----------------------------------------------------------------------------- worker side
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _worker(method: str, b: int, d: int, c: int, chunk: int, device: str, repeats: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    from pytorch_metric_learning.losses import ArcFaceLoss as PMLArcFaceLoss
+
+    from metricface.losses import ArcFaceLoss, ArcFaceMargin, PartialFCLoss
+
+    # touch the allocator, thread pools and kernels once so the baseline excludes them
+    warm = torch.randn(64, 64, device=dev, requires_grad=True)
+    (warm @ warm.T).exp().sum().backward()
+    del warm
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib("VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+            fh.write("5")
+
+    x = torch.randn(b, d, device=dev, requires_grad=True)
+    y = torch.randint(0, c, (b,), device=dev)
+    if method == "pml":
+        loss_fn = PMLArcFaceLoss(c, d, margin=math.degrees(0.5), scale=64.0).to(dev)
+        params = [loss_fn.W]
+    elif method == "dense":
+        loss_fn = ArcFaceLoss(c, d, margin=0.5, scale=64.0).to(dev)
+        params = [loss_fn.weight]
+    else:
+        loss_fn = PartialFCLoss(
+            c, d, margin=ArcFaceMargin(0.5), scale=64.0, chunk_size=chunk, device=dev
+        )
+        params = [loss_fn.weight]
+    # identical class centers on both sides, filled in blocks to add no temporary (C, D) copy
+    gen = torch.Generator(device=dev).manual_seed(1)
+    with torch.no_grad():
+        for start in range(0, c, 65536):
+            block = torch.randn(min(65536, c - start), d, device=dev, generator=gen)
+            if method == "pml":
+                params[0][:, start : start + len(block)] = block.T
+            else:
+                params[0][start : start + len(block)] = block
+
+    def step() -> float:
+        for p in (x, *params):
+            p.grad = None
+        loss = loss_fn(x, y)
+        loss.backward()
+        return float(loss.detach())
+
+    times, loss = [], float("nan")
+    for i in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when timing repeats
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = step()
+        if cuda:
+            torch.cuda.synchronize()
+        if repeats == 1 or i > 0:
+            times.append(time.perf_counter() - t0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _rss_kib("VmHWM") * 1024 - base
+    return {"peak": peak, "time": statistics.median(times), "loss": loss}
+
+
+def _run(method, b, d, c, chunk, device, repeats) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", method, *map(str, (b, d, c, chunk)), device]
+    cmd.append(str(repeats))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+        return {"error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- driver side
+def _fmt_c(c: float) -> str:
+    return f"{c / 1e6:.2f}M" if c >= 1e6 else f"{c / 1e3:.0f}k"
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    head = ("case", "metricface", "peer (PML ArcFaceLoss)", "ratio")
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--classes", type=int, default=100_000)
+    p.add_argument("--chunk-size", type=int, default=8192)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget-gb", type=float, default=None, help="default: 4 (CPU), GPU memory")
+    p.add_argument("--no-verify", action="store_true", help="no runs near the budget")
+    p.add_argument("--refine", type=int, default=3, help="runs to approach the budget")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    p.add_argument("--_worker", nargs=7, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args._worker:
+        m, b, d, c, chunk, device, repeats = args._worker
+        print(json.dumps(_worker(m, int(b), int(d), int(c), int(chunk), device, int(repeats))))
+        return
+
+    import torch
+
+    if args.quick:
+        args.batch, args.dim, args.classes, args.repeats = 64, 64, 20_000, 1
+        args.chunk_size = min(args.chunk_size, 2048)
+        args.budget_gb = args.budget_gb or 0.5
+    if args.budget_gb is None:
+        if args.device == "cuda":
+            args.budget_gb = torch.cuda.get_device_properties(0).total_memory / 2**30 * 0.95
+        else:
+            args.budget_gb = 4.0
+    budget = args.budget_gb * 2**30
+    b, d, c = args.batch, args.dim, args.classes
+    print(f"torch {torch.__version__}, device {args.device}, B={b} D={d} C={c}, "
+          f"chunk_size={args.chunk_size}, budget {args.budget_gb:.1f} GiB")  # fmt: skip
+
+    small = max(c // 5, 1000)
+    main_runs, small_runs = {}, {}
+    for m in METHODS:
+        main_runs[m] = _run(m, b, d, c, args.chunk_size, args.device, args.repeats)
+        small_runs[m] = _run(m, b, d, small, args.chunk_size, args.device, 1)
+        print(f"  {m:8s} C={c}: {main_runs[m]}   C={small}: {small_runs[m]}", flush=True)
+
+    largest, checked = {}, {}
+    for m in METHODS:
+        points = [(small, small_runs[m]), (c, main_runs[m])]
+        if any("error" in r for _, r in points):
+            continue
+        fits = [(n, r) for n, r in points if r["peak"] <= budget]
+        for _ in range(0 if args.no_verify else args.refine):
+            # memory is affine in C: aim at the budget through the two latest points
+            (c0, r0), (c1, r1) = points[-2:]
+            slope = (r1["peak"] - r0["peak"]) / (c1 - c0)
+            if slope <= 0:
+                break
+            guess = int(c1 + (budget - r1["peak"]) / slope) // 1000 * 1000
+            if guess <= 0 or guess in (c0, c1):
+                break
+            run = _run(m, b, d, guess, args.chunk_size, args.device, 1)
+            print(f"  {m:8s} C={guess}: {run}", flush=True)
+            if "error" in run:  # e.g. out of memory: step back below the budget next time
+                run = {"peak": budget * 1.05}
+            points.append((guess, run))
+            if run["peak"] <= budget:
+                fits.append((guess, run))
+                if run["peak"] >= 0.97 * budget:
+                    break
+        if fits:
+            largest[m], checked[m] = max(fits, key=lambda t: t[0])
+
+    def pair(key, ours, peer, fmt, ratio=True):
+        a, z = main_runs[ours].get(key), main_runs[peer].get(key)
+        if a is None or z is None:
+            return "error", "error", "-"
+        return fmt(a), fmt(z), (f"{a / z:.2f}" if ratio else "-")
+
+    mb = lambda v: f"{v / 2**20:,.0f} MiB"  # noqa: E731
+    sec = lambda v: f"{v:.3f} s"  # noqa: E731
+    rows = []
+    size = f"B={b}, D={d}, C={_fmt_c(c)}"
+    for ours in ("chunked", "dense"):
+        rows.append((f"fwd+bwd time, {LABEL[ours]}, {size}", *pair("time", ours, "pml", sec)))
+        rows.append((f"peak memory, {LABEL[ours]}, {size}", *pair("peak", ours, "pml", mb)))
+    for ours in ("chunked", "dense"):
+        if ours in largest and "pml" in largest:
+
+            def show(m):
+                return f"{_fmt_c(largest[m])} ({mb(checked[m]['peak'])})"
+
+            rows.append((
+                f"largest C in {args.budget_gb:.1f} GiB, {LABEL[ours]}",
+                show(ours), show("pml"), f"{largest[ours] / largest['pml']:.1f}",
+            ))  # fmt: skip
+    loss_gap = max(abs(main_runs[m]["loss"] - main_runs["pml"]["loss"]) for m in METHODS
+                   if "loss" in main_runs[m] and "loss" in main_runs["pml"])  # fmt: skip
+    print()
+    print(_table(rows))
+    print(f"\nlargest loss difference to the peer at C={c}: {loss_gap:.2e}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
+    main()

@@ -1,0 +1,123 @@
+"""Pairwise distances and similarities between embeddings.
+
+Pair and triplet losses and the miners compare every query embedding with every reference
+embedding. Two measures are offered:
+
+``"euclidean"``
+    L2 distance between L2-normalised embeddings, in ``[0, 2]`` (smaller = more alike). This is
+    pytorch-metric-learning's default ``LpDistance()`` and is computed with :func:`torch.cdist`
+    like it, so both libraries produce the same matrices bit for bit in float32/float64.
+``"cosine"``
+    Cosine similarity, in ``[-1, 1]`` (larger = more alike), like ``CosineSimilarity()``.
+
+Numerics: float16 and bfloat16 inputs are computed in float32 and the matrix is returned in
+float32 (losses cast their scalar result back). :func:`torch.cdist` returns exactly 0 for
+duplicated embeddings and its gradient there is 0, never NaN (the square root's infinite slope
+at 0 is masked). The matrices are ``(B, R)``: O(B^2) memory, never more.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DISTANCES",
+    "cosine_similarity_matrix",
+    "euclidean_distance_matrix",
+    "is_similarity",
+    "l2_normalize",
+    "pairwise_matrix",
+]
+
+Distance = Literal["euclidean", "cosine"]
+DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32 (the computation dtype for distances)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale each row of ``x`` (shape ``(B, D)``) to unit L2 norm; all-zero rows stay zero."""
+    return F.normalize(_working(x), p=2, dim=1, eps=eps)
+
+
+def euclidean_distance_matrix(
+    x: torch.Tensor, y: torch.Tensor | None = None, *, normalize: bool = True
+) -> torch.Tensor:
+    """L2 distances between the rows of ``x`` and ``y``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Shape ``(B, D)``.
+    y : torch.Tensor, optional
+        Shape ``(R, D)``; ``x`` when omitted.
+    normalize : bool
+        L2-normalise both inputs first (the default, as in pytorch-metric-learning).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, R)``, float32 or float64.
+    """
+    xw = l2_normalize(x) if normalize else _working(x)
+    if y is None:
+        yw = xw
+    else:
+        yw = l2_normalize(y) if normalize else _working(y)
+    return torch.cdist(xw, yw, p=2)
+
+
+def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarities between the rows of ``x`` (``(B, D)``) and ``y`` (``(R, D)``).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, R)``, float32 or float64, values in ``[-1, 1]``.
+    """
+    xn = l2_normalize(x)
+    yn = xn if y is None else l2_normalize(y)
+    return xn @ yn.T
+
+
+def is_similarity(distance: str) -> bool:
+    """Whether larger values of ``distance`` mean more alike (``"cosine"``)."""
+    return distance == "cosine"
+
+
+def check_distance(distance: object) -> str:
+    """Check that ``distance`` is one of :data:`DISTANCES`; return it."""
+    if not isinstance(distance, str) or distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    return distance
+
+
+def pairwise_matrix(
+    x: torch.Tensor, y: torch.Tensor | None = None, distance: str = "euclidean"
+) -> torch.Tensor:
+    """The ``(B, R)`` matrix of ``distance`` (``"euclidean"`` or ``"cosine"``) between rows.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Query embeddings, shape ``(B, D)``.
+    y : torch.Tensor, optional
+        Reference embeddings, shape ``(R, D)``; ``x`` when omitted.
+    distance : {"euclidean", "cosine"}
+        L2 distance of normalised embeddings, or cosine similarity.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, R)``.
+    """
+    check_distance(distance)
+    if distance == "cosine":
+        return cosine_similarity_matrix(x, y)
+    return euclidean_distance_matrix(x, y)

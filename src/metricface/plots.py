@@ -1,0 +1,282 @@
+"""Plots for verification results and embeddings (needs ``matplotlib``: ``metricface[plot]``).
+
+Every function draws into ``ax`` when given (so plots compose into a user's figure) or into a new
+figure otherwise, and returns the :class:`matplotlib.axes.Axes` (its figure is ``ax.figure``).
+matplotlib is imported on first use only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from metricface._optional import require
+from metricface._validation import check_embeddings, check_labels
+from metricface.metrics._checks import check_binary_scores
+from metricface.metrics.verification import eer_from_points, operating_points
+
+__all__ = ["plot_det", "plot_embeddings", "plot_roc", "plot_score_histogram"]
+
+# tick positions of a NIST-style DET plot, as error rates
+_DET_TICKS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+
+def axes_or_new(ax: Any, purpose: str) -> Any:
+    if ax is not None:
+        return ax
+    plt = require("matplotlib.pyplot", purpose=purpose)
+    _, ax = plt.subplots(figsize=(5.0, 4.5))
+    return ax
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000) -> np.ndarray:
+    """Indices of at most ~``max_points`` curve points, spread in log-x and linear y."""
+    n = x.shape[0]
+    if n <= max_points:
+        return np.arange(n)
+    positive = x[x > 0]
+    grid_x = np.geomspace(positive[0], 1.0, max_points // 2) if positive.size else np.ones(1)
+    keep = np.concatenate(
+        (
+            np.searchsorted(x, grid_x),
+            np.searchsorted(y, np.linspace(0.0, 1.0, max_points // 2)),
+            [0, n - 1],
+        )
+    )
+    return np.unique(np.clip(keep, 0, n - 1))
+
+
+def draw_roc(
+    ax: Any, fpr: np.ndarray, tpr: np.ndarray, eer: float, n_neg: int, label: str | None, **kw: Any
+) -> Any:
+    """ROC on a log FAR axis with the EER point marked (shared with the report)."""
+    left = min(0.5 / n_neg, 1e-1)  # FAR resolution of the data
+    if ax.lines:  # another curve is already there: keep its range visible too
+        left = min(left, ax.get_xlim()[0])
+    keep = _thin(fpr, tpr)
+    fpr, tpr = fpr[keep], tpr[keep]
+    (line,) = ax.plot(fpr, tpr, label=label, **kw)
+    ax.plot([eer], [1 - eer], "o", color=line.get_color(), label=f"EER = {100 * eer:.2f}%")
+    ax.set_xscale("log")
+    ax.set_xlim(left, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("False accept rate (FAR)")
+    ax.set_ylabel("True accept rate (TAR)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    return ax
+
+
+def draw_det(
+    ax: Any,
+    fpr: np.ndarray,
+    fnr: np.ndarray,
+    eer: float,
+    n_neg: int,
+    n_pos: int,
+    label: str | None,
+    **kw: Any,
+) -> Any:
+    """DET on normal-deviate axes with the EER point marked (shared with the report)."""
+    norm = require("scipy.stats").norm
+    low = max(min(0.5 / n_neg, 0.5 / n_pos, 1e-3), _DET_TICKS[0])  # resolution of the data
+    if ax.lines:  # another curve is already there: keep its range visible too
+        low = min(low, float(norm.cdf(ax.get_xlim()[0])))
+    keep = _thin(fpr, 1 - fnr)
+    fpr, fnr = fpr[keep], fnr[keep]
+    ok = (fpr > 0) & (fnr > 0)  # a zero rate is at -inf on this axis
+    (line,) = ax.plot(norm.ppf(fpr[ok]), norm.ppf(fnr[ok]), label=label, **kw)
+    if 0 < eer < 1:
+        z = norm.ppf(eer)
+        ax.plot([z], [z], "o", color=line.get_color(), label=f"EER = {100 * eer:.2f}%")
+    shown = [v for v in _DET_TICKS if v >= low * (1 - 1e-9)]
+    ticks = norm.ppf(shown)
+    names = [f"{100 * v:g}" for v in shown]
+    lim = (float(norm.ppf(low)), float(ticks[-1]))
+    for set_ticks, set_labels, set_lim in (
+        (ax.set_xticks, ax.set_xticklabels, ax.set_xlim),
+        (ax.set_yticks, ax.set_yticklabels, ax.set_ylim),
+    ):
+        set_ticks(ticks)
+        set_labels(names)
+        set_lim(*lim)
+    ax.plot(lim, lim, ":", color="grey", lw=0.8)
+    ax.set_xlabel("False accept rate (%)")
+    ax.set_ylabel("False reject rate (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    return ax
+
+
+def plot_roc(
+    y_true: Any, y_score: Any, *, ax: Any = None, label: str | None = None, **kwargs: Any
+) -> Any:
+    """Plot the ROC (TAR against FAR on a log axis) and mark the EER point.
+
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (1 genuine, 0 impostor) and similarity scores.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; a new figure is created when omitted.
+    label : str, optional
+        Legend label of the curve.
+    **kwargs
+        Passed to ``ax.plot`` for the curve.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    op = operating_points(*check_binary_scores(y_true, y_score))
+    ax = axes_or_new(ax, "plot a ROC curve")
+    return draw_roc(ax, op.fpr, op.tpr, eer_from_points(op)[0], op.n_neg, label, **kwargs)
+
+
+def plot_det(
+    y_true: Any, y_score: Any, *, ax: Any = None, label: str | None = None, **kwargs: Any
+) -> Any:
+    """Plot the DET curve (FRR against FAR on normal-deviate axes, as NIST does).
+
+    On these axes two Gaussian score distributions give a straight line; the EER is where the
+    curve crosses the dotted diagonal, and is marked.
+
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (1 genuine, 0 impostor) and similarity scores.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; a new figure is created when omitted.
+    label : str, optional
+        Legend label of the curve.
+    **kwargs
+        Passed to ``ax.plot`` for the curve.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    op = operating_points(*check_binary_scores(y_true, y_score))
+    ax = axes_or_new(ax, "plot a DET curve")
+    fnr = (op.n_pos - op.tps) / op.n_pos
+    eer = eer_from_points(op)[0]
+    return draw_det(ax, op.fpr, fnr, eer, op.n_neg, op.n_pos, label, **kwargs)
+
+
+def plot_score_histogram(
+    y_true: Any,
+    y_score: Any,
+    *,
+    bins: int = 100,
+    ax: Any = None,
+    mark_eer: bool = True,
+) -> Any:
+    """Plot genuine and impostor score densities, with the EER threshold as a vertical line.
+
+    Parameters
+    ----------
+    y_true, y_score : array-like of shape (n,)
+        Labels (1 genuine, 0 impostor) and similarity scores.
+    bins : int
+        Number of histogram bins over the score range.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; a new figure is created when omitted.
+    mark_eer : bool
+        Draw the EER threshold.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    labels, scores = check_binary_scores(y_true, y_score)
+    ax = axes_or_new(ax, "plot score histograms")
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    for mask, name in ((labels, "genuine"), (~labels, "impostor")):
+        ax.hist(
+            scores[mask],
+            bins=edges,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.45,
+            label=f"{name} ({int(mask.sum())})",
+        )
+    if mark_eer:
+        eer, threshold = eer_from_points(operating_points(labels, scores))
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"EER threshold ({100 * eer:.2f}%)")
+    ax.set_xlabel("Similarity score")
+    ax.set_ylabel("Density")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def plot_embeddings(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    method: str = "auto",
+    ax: Any = None,
+    seed: int = 0,
+    point_size: float = 8.0,
+) -> Any:
+    """Scatter a 2-D projection of embeddings, coloured by identity.
+
+    Parameters
+    ----------
+    embeddings : torch.Tensor of shape (N, D)
+        Embeddings (L2-normalised before projecting).
+    labels : torch.Tensor of shape (N,)
+        Integer identity ids.
+    method : {"auto", "tsne", "pca"}
+        ``"tsne"`` uses scikit-learn's t-SNE; ``"pca"`` uses :func:`torch.pca_lowrank`;
+        ``"auto"`` picks t-SNE when scikit-learn is installed, PCA otherwise.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; a new figure is created when omitted.
+    seed : int
+        Random state of t-SNE / PCA.
+    point_size : float
+        Marker size.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    check_embeddings(embeddings)
+    check_labels(labels, embeddings.shape[0])
+    if method not in ("auto", "tsne", "pca"):
+        raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}")
+    if embeddings.shape[0] < 3:
+        raise ValueError(f"embeddings must hold at least 3 points, got {embeddings.shape[0]}")
+    x = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=1)
+    if method == "auto":
+        try:
+            require("sklearn.manifold")
+            method = "tsne"
+        except ImportError:
+            method = "pca"
+    if method == "tsne":
+        manifold = require("sklearn.manifold", purpose="project embeddings with t-SNE")
+        perplexity = float(min(30.0, (x.shape[0] - 1) / 3))
+        xy = manifold.TSNE(n_components=2, perplexity=perplexity, random_state=seed).fit_transform(
+            x.numpy()
+        )
+    else:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            u, s, _ = torch.pca_lowrank(x, q=min(2, x.shape[1]), center=True)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        xy = (u * s).numpy()
+        if xy.shape[1] == 1:
+            xy = np.column_stack((xy[:, 0], np.zeros(xy.shape[0])))
+    ax = axes_or_new(ax, "plot embeddings")
+    ids, colour = np.unique(labels.cpu().numpy(), return_inverse=True)
+    cmap = "tab10" if ids.size <= 10 else "tab20" if ids.size <= 20 else "nipy_spectral"
+    ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap=cmap, s=point_size, linewidths=0)
+    name = "PCA" if method == "pca" else "t-SNE"
+    ax.set_title(f"{name} of {x.shape[0]} embeddings, {ids.size} identities")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax

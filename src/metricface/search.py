@@ -1,0 +1,235 @@
+"""Exact k-nearest-neighbour search of probe embeddings in a gallery.
+
+:func:`search` scores every probe against the gallery one chunk of gallery rows at a time and
+keeps a running top-k, so memory stays at ``O(P * k + chunk_size ** 2)`` whatever the gallery
+size: the full ``P x G`` score matrix is never built. The gallery may live on the CPU while the
+products run on a GPU (``device="cuda"``); each chunk is moved once.
+
+Tie-breaking
+------------
+Results are ordered best first; among exactly equal scores the gallery row with the **smaller
+index comes first**. This holds for every chunk size (the chunked search returns exactly what a
+stable sort of the full score row would), so results are reproducible. Scores are computed in
+float32 (float64 if either input is float64); two gallery rows that are equal only up to
+rounding are not exact ties.
+
+With ``use_faiss`` the search runs on a flat (exact) faiss index instead; the scores are the
+same up to float32 rounding, but the order of tied scores is whatever faiss returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from metricface._validation import as_tensor, check_embeddings, check_finite, check_scalar
+
+__all__ = ["search"]
+
+Metric = Literal["cosine", "dot", "euclidean"]
+_METRICS = ("cosine", "dot", "euclidean")
+
+
+def _check_metric(metric: object) -> None:
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_pair(probes: object, gallery: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a (probes, gallery) pair of embedding matrices; return them as tensors."""
+    probes = check_embeddings(as_tensor(probes, "probes"), "probes")
+    gallery = check_embeddings(as_tensor(gallery, "gallery"), "gallery")
+    if probes.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            "probes and gallery must have the same embedding dimension, got "
+            f"{probes.shape[1]} and {gallery.shape[1]}"
+        )
+    check_finite(probes, "probes")
+    check_finite(gallery, "gallery")
+    return probes, gallery
+
+
+def _prepare(x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.device):
+    """Move/cast one block and precompute what :func:`_similarity` needs for it."""
+    x = x.to(device=device, dtype=dtype)
+    if metric == "cosine":
+        return F.normalize(x, dim=1), None
+    if metric == "euclidean":
+        return x, x.square().sum(1)
+    return x, None
+
+
+def _similarity(p, g) -> torch.Tensor:
+    """Similarity block (higher = closer) between two :func:`_prepare`-d blocks.
+
+    For ``euclidean`` this is minus the distance, so that every metric ranks by "largest".
+    """
+    (px, pn), (gx, gn) = p, g
+    sim = px @ gx.T
+    if pn is None:
+        return sim
+    sq = (pn[:, None] + gn[None, :] - 2.0 * sim).clamp_min_(0.0)
+    return sq.sqrt_().neg_()
+
+
+def _top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` of each row, largest first, ties broken towards the smaller column.
+
+    ``torch.topk`` picks an arbitrary subset of the entries tied with the k-th value. Rows
+    whose ``(k+1)``-th value differs from the k-th (almost all, for real-valued scores) only
+    need their k winners re-ordered; the other rows keep exactly the leftmost tied entries.
+    """
+    rows, cols = values.shape
+    if k >= cols:
+        order = values.argsort(dim=1, descending=True, stable=True)
+        return values.gather(1, order), order
+    top = values.topk(k + 1, dim=1)
+    boundary_tie = top.values[:, k] == top.values[:, k - 1]
+    idx, perm = top.indices[:, :k].sort(dim=1)  # increasing column ...
+    vals = top.values[:, :k].gather(1, perm)
+    order = vals.argsort(dim=1, descending=True, stable=True)  # ... within equal values
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    if bool(boundary_tie.any()):
+        tied_rows = boundary_tie.nonzero()[:, 0]
+        sub = values[tied_rows]
+        kth = top.values[tied_rows, k - 1 : k]
+        greater = sub > kth
+        equal = sub == kth
+        need = k - greater.sum(1, keepdim=True)
+        take = greater | (equal & (equal.cumsum(1) <= need))
+        sub_idx = take.nonzero()[:, 1].view(-1, k)  # row-major: columns ascending per row
+        sub_vals = sub.gather(1, sub_idx)
+        order = sub_vals.argsort(dim=1, descending=True, stable=True)
+        vals[tied_rows] = sub_vals.gather(1, order)
+        idx[tied_rows] = sub_idx.gather(1, order)
+    return vals, idx
+
+
+def _faiss() -> ModuleType | None:
+    try:
+        return importlib.import_module("faiss")
+    except ImportError:
+        return None
+
+
+def _search_faiss(faiss: ModuleType, probes, gallery, k: int, metric: str):
+    p = _prepare(probes, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
+    g = _prepare(gallery, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
+    index = (
+        faiss.IndexFlatL2(g.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(g.shape[1])
+    )
+    index.add(g)
+    scores, indices = index.search(p, k)
+    scores = torch.from_numpy(scores).float()
+    if metric == "euclidean":  # faiss returns squared distances
+        scores = scores.clamp_min_(0.0).sqrt_()
+    return scores, torch.from_numpy(indices).long()
+
+
+def search(
+    probes: torch.Tensor,
+    gallery: torch.Tensor,
+    k: int = 1,
+    *,
+    metric: Metric = "cosine",
+    chunk_size: int = 4096,
+    device: torch.device | str | None = None,
+    use_faiss: bool | Literal["auto"] = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Find the ``k`` nearest gallery embeddings of every probe (exact search).
+
+    Parameters
+    ----------
+    probes : torch.Tensor or numpy.ndarray, shape (P, D)
+        Query embeddings.
+    gallery : torch.Tensor or numpy.ndarray, shape (G, D)
+        Embeddings searched in.
+    k : int
+        Number of neighbours per probe, ``1 <= k <= G``.
+    metric : {"cosine", "dot", "euclidean"}
+        ``"cosine"``: cosine similarity of the L2-normalised embeddings (higher = closer);
+        ``"dot"``: raw inner product (higher = closer); ``"euclidean"``: Euclidean distance
+        (lower = closer).
+    chunk_size : int
+        Gallery rows (and probe rows) scored per step; peak extra memory is about
+        ``chunk_size ** 2`` scores. Results do not depend on it.
+    device : torch.device or str, optional
+        Where the products run; defaults to the probes' device. The gallery is moved there
+        one chunk at a time.
+    use_faiss : bool or "auto"
+        ``"auto"`` uses faiss (an exact flat index) when it is installed and the search runs
+        on the CPU in float32; ``True`` requires it; ``False`` never uses it.
+
+    Returns
+    -------
+    scores : torch.Tensor, shape (P, k)
+        Similarities in decreasing order (``cosine``, ``dot``) or distances in increasing
+        order (``euclidean``), float32 (float64 when an input is float64).
+    indices : torch.Tensor, shape (P, k), int64
+        Gallery row of each neighbour. Exact ties are ordered by increasing gallery index.
+        Both outputs are on the probes' device.
+
+    Raises
+    ------
+    ValueError
+        Empty inputs, mismatched dimensions, NaN/inf values, ``k`` outside ``[1, G]``, or an
+        unknown ``metric``.
+    ImportError
+        ``use_faiss=True`` without faiss installed.
+    """
+    probes, gallery = _check_pair(probes, gallery)
+    _check_metric(metric)
+    check_scalar(k, "k", low=1, integer=True)
+    if k > gallery.shape[0]:
+        raise ValueError(f"k must be at most the gallery size ({gallery.shape[0]}), got {k}")
+    check_scalar(chunk_size, "chunk_size", low=1, integer=True)
+    if use_faiss not in (True, False, "auto"):
+        raise ValueError(f"use_faiss must be True, False or 'auto', got {use_faiss!r}")
+    out_device = probes.device
+    device = probes.device if device is None else torch.device(device)
+    dtype = _compute_dtype(probes, gallery)
+
+    if use_faiss is not False:
+        faiss = _faiss()
+        if use_faiss is True and faiss is None:
+            raise ImportError(
+                "use_faiss=True needs faiss, which is not installed. Install it with: "
+                "pip install faiss-cpu (or faiss-gpu)"
+            )
+        if faiss is not None and (
+            use_faiss is True or (device.type == "cpu" and dtype == torch.float32)
+        ):
+            scores, indices = _search_faiss(faiss, probes.cpu(), gallery.cpu(), k, metric)
+            return scores.to(out_device), indices.to(out_device)
+
+    n_probes = probes.shape[0]
+    p_blocks = [
+        _prepare(probes[s : s + chunk_size], metric, dtype, device)
+        for s in range(0, n_probes, chunk_size)
+    ]
+    best_vals = torch.empty(n_probes, 0, dtype=dtype, device=device)
+    best_idx = torch.empty(n_probes, 0, dtype=torch.long, device=device)
+    for g_start in range(0, gallery.shape[0], chunk_size):
+        g = _prepare(gallery[g_start : g_start + chunk_size], metric, dtype, device)
+        vals_parts, idx_parts = [], []
+        for p_start, p in zip(range(0, n_probes, chunk_size), p_blocks):
+            vals, idx = _top_k_stable(_similarity(p, g), k)
+            # Earlier chunks hold smaller gallery indices and come first in the concatenation,
+            # so a stable sort keeps ties in increasing index order.
+            vals = torch.cat([best_vals[p_start : p_start + chunk_size], vals], dim=1)
+            idx = torch.cat([best_idx[p_start : p_start + chunk_size], idx + g_start], dim=1)
+            order = vals.argsort(dim=1, descending=True, stable=True)[:, :k]
+            vals_parts.append(vals.gather(1, order))
+            idx_parts.append(idx.gather(1, order))
+        best_vals, best_idx = torch.cat(vals_parts), torch.cat(idx_parts)
+    if metric == "euclidean":
+        best_vals = best_vals.neg()
+    return best_vals.to(out_device), best_idx.to(out_device)

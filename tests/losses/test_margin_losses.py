@@ -1,0 +1,434 @@
+"""Margin-softmax loss modules against pytorch-metric-learning and float64 re-derivations."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+
+from metricface.losses import (
+    AdaFaceLoss,
+    ArcFaceLoss,
+    CombinedMarginLoss,
+    CosFaceLoss,
+    CosFaceMargin,
+    MarginSoftmaxLoss,
+    NormSoftmaxLoss,
+    SphereFaceLoss,
+    SubCenterArcFaceLoss,
+    margin_cross_entropy,
+    subcenter_max,
+)
+from metricface.losses._fused_margin import fused_margin_softmax
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+
+B, D, C = 24, 32, 40
+
+
+def _inputs(dtype, seed=0, b=B, d=D):
+    g = torch.Generator().manual_seed(seed)
+    emb = (torch.randn(b, d, generator=g, dtype=torch.float64) * 3).to(dtype)
+    labels = torch.randint(0, C, (b,), generator=g)
+    return emb.requires_grad_(True), labels
+
+
+def _grads(loss, emb, weight):
+    return torch.autograd.grad(loss, [emb, weight])
+
+
+# ---------------------------------------------------------------- pytorch-metric-learning
+
+PML_CASES = {
+    # ours, PML (margin in degrees, W stored as (D, C))
+    "arcface": (
+        lambda: ArcFaceLoss(C, D, margin=0.5, scale=64.0),
+        lambda: pml_losses.ArcFaceLoss(C, D, margin=math.degrees(0.5), scale=64),
+    ),
+    "arcface-m0.3-s30": (
+        lambda: ArcFaceLoss(C, D, margin=0.3, scale=30.0),
+        lambda: pml_losses.ArcFaceLoss(C, D, margin=math.degrees(0.3), scale=30),
+    ),
+    "cosface": (
+        lambda: CosFaceLoss(C, D, margin=0.35, scale=64.0),
+        lambda: pml_losses.CosFaceLoss(C, D, margin=0.35, scale=64),
+    ),
+    "subcenter": (
+        lambda: SubCenterArcFaceLoss(C, D, sub_centers=3, margin=0.5, scale=64.0),
+        lambda: pml_losses.SubCenterArcFaceLoss(
+            num_classes=C, embedding_size=D, margin=math.degrees(0.5), scale=64, sub_centers=3
+        ),
+    ),
+    "normsoftmax": (
+        lambda: NormSoftmaxLoss(C, D),
+        lambda: pml_losses.NormalizedSoftmaxLoss(C, D, temperature=0.05),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PML_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_pytorch_metric_learning(case, dtype):
+    make_ours, make_peer = PML_CASES[case]
+    torch.manual_seed(1)
+    ours, peer = make_ours().to(dtype), make_peer().to(dtype)
+    with torch.no_grad():
+        ours.weight.normal_()  # unit-scale centers: gradients of order one
+        peer.W.copy_(ours.weight.t())
+    emb, labels = _inputs(dtype)
+    # inputs where the definitions agree: no sample in ArcFace's fallback region
+    assert (ours.logits(emb)[torch.arange(B), labels] > -math.cos(0.5) + 0.05).all()
+    loss = ours(emb, labels)
+    peer_loss = peer(emb, labels)
+    g_emb, g_w = _grads(loss, emb, ours.weight)
+    p_emb, p_w = _grads(peer_loss, emb, peer.W)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-11, "atol": 0}
+    assert loss.dtype == dtype
+    torch.testing.assert_close(loss, peer_loss, **tol)
+    gtol = (
+        {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-14}
+    )
+    torch.testing.assert_close(g_emb, p_emb, **gtol)
+    torch.testing.assert_close(g_w, p_w.t(), **gtol)
+
+
+def test_matches_pml_in_arcface_fallback_region():
+    # both libraries use cos - m sin(m) beyond theta = pi - m: force targets there
+    torch.manual_seed(2)
+    ours = ArcFaceLoss(C, D, margin=0.5).double()
+    peer = pml_losses.ArcFaceLoss(C, D, margin=math.degrees(0.5)).double()
+    emb, _ = _inputs(torch.float64, seed=3)
+    labels = torch.randperm(C)[:B]
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.weight[labels] = -emb.detach() + 0.1 * torch.randn(B, D, dtype=torch.float64)
+        peer.W.copy_(ours.weight.t())
+    assert (ours.logits(emb)[torch.arange(B), labels] < -math.cos(0.5) - 0.01).all()
+    loss, peer_loss = ours(emb, labels), peer(emb, labels)
+    torch.testing.assert_close(loss, peer_loss, rtol=1e-12, atol=0)
+    g, p = _grads(loss, emb, ours.weight), _grads(peer_loss, emb, peer.W)
+    torch.testing.assert_close(g[0], p[0], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(g[1], p[1].t(), rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------- float64 re-derivation
+
+
+def reference_loss(emb, weight, labels, target_of_theta, scale, sub_centers=1):
+    """Margin softmax written from the papers' formulas with acos, in float64."""
+    e = emb.double()
+    w = weight.double()
+    cos = (e / e.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
+    if sub_centers > 1:
+        cos = cos.reshape(len(e), -1, sub_centers).amax(dim=2)
+    one_hot = torch.nn.functional.one_hot(labels, cos.shape[1]).double()
+    theta = torch.acos((cos * one_hot).sum(dim=1))
+    target = target_of_theta(theta, e.norm(dim=1).detach())
+    logits = scale * (cos * (1 - one_hot) + target.unsqueeze(1) * one_hot)
+    return (torch.logsumexp(logits, dim=1) - (logits * one_hot).sum(dim=1)).mean()
+
+
+def _sphere(m):
+    def f(theta, _norms):
+        k = torch.floor(m * theta / math.pi)
+        return (-1.0) ** k * torch.cos(m * theta) - 2 * k
+
+    return f
+
+
+def _combined(m1, m2, m3):
+    def f(theta, _norms):
+        t_star = (math.pi - m2) / m1
+        cont = torch.cos(theta) - math.cos(t_star) - 1 - m3
+        return torch.where(theta <= t_star, torch.cos(m1 * theta + m2) - m3, cont)
+
+    return f
+
+
+def _adaface(m, h, eps, mean, std):
+    def f(theta, norms):
+        q = ((norms.clamp(1e-3, 100) - mean) / (std + eps) * h).clamp(-1, 1)
+        return torch.cos((theta - m * q).clamp(eps, math.pi - eps)) - m - m * q
+
+    return f
+
+
+def _arc_easy(m):
+    def f(theta, _norms):
+        return torch.where(torch.cos(theta) > 0, torch.cos(theta + m), torch.cos(theta))
+
+    return f
+
+
+REF_CASES = {
+    "sphereface": (lambda: SphereFaceLoss(C, D, margin=1.35, scale=64.0), _sphere(1.35), 1),
+    "sphereface-m4": (lambda: SphereFaceLoss(C, D, margin=4, scale=16.0), _sphere(4.0), 1),
+    "combined": (
+        lambda: CombinedMarginLoss(C, D, m1=1.0, m2=0.3, m3=0.2, scale=64.0),
+        _combined(1.0, 0.3, 0.2),
+        1,
+    ),
+    "combined-m1": (
+        lambda: CombinedMarginLoss(C, D, m1=1.35, m2=0.4, m3=0.1, scale=32.0),
+        _combined(1.35, 0.4, 0.1),
+        1,
+    ),
+    "arcface-easy": (lambda: ArcFaceLoss(C, D, 0.5, 64.0, easy_margin=True), _arc_easy(0.5), 1),
+    "subcenter-k2": (
+        lambda: SubCenterArcFaceLoss(C, D, sub_centers=2, margin=0.4, scale=32.0),
+        lambda t, _n: torch.cos(t + 0.4),
+        2,
+    ),
+    "custom": (
+        lambda: MarginSoftmaxLoss(C, D, margin=CosFaceMargin(0.2), scale=10.0),
+        lambda t, _n: torch.cos(t) - 0.2,
+        1,
+    ),
+    "adaface-eval": (
+        lambda: AdaFaceLoss(C, D, margin=0.4, h=0.333, scale=64.0).eval(),
+        _adaface(0.4, 0.333, 1e-3, 20.0, 100.0),
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REF_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_float64_reference(case, dtype):
+    make, target_fn, k = REF_CASES[case]
+    torch.manual_seed(4)
+    loss_fn = make().to(dtype)
+    with torch.no_grad():
+        loss_fn.weight.normal_()
+    emb, labels = _inputs(dtype, seed=5)
+    loss = loss_fn(emb, labels)
+    g_emb, g_w = _grads(loss, emb, loss_fn.weight)
+    e64 = emb.detach().double().requires_grad_(True)
+    w64 = loss_fn.weight.detach().double().requires_grad_(True)
+    ref = reference_loss(e64, w64, labels, target_fn, loss_fn.scale, k)
+    r_emb, r_w = _grads(ref, e64, w64)
+    tol = {"rtol": 1e-11, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(loss.double(), ref, **tol)
+    torch.testing.assert_close(g_emb.double(), r_emb, **tol)
+    torch.testing.assert_close(g_w.double(), r_w, **tol)
+
+
+def test_adaface_training_uses_and_updates_running_stats():
+    torch.manual_seed(6)
+    loss_fn = AdaFaceLoss(C, D, margin=0.4, momentum=0.3).double()
+    emb, labels = _inputs(torch.float64, seed=7)
+    norms = emb.detach().norm(dim=1).clamp(1e-3, 100)
+    mean = 0.7 * 20 + 0.3 * norms.mean()
+    std = 0.7 * 100 + 0.3 * norms.std()
+    loss = loss_fn(emb, labels)
+    torch.testing.assert_close(loss_fn.running_mean, mean)
+    torch.testing.assert_close(loss_fn.running_std, std)
+    ref = reference_loss(
+        emb.detach(), loss_fn.weight.detach(), labels, _adaface(0.4, 0.333, 1e-3, mean, std), 64.0
+    )
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-11, atol=1e-13)
+    loss_fn.eval()
+    loss_fn(emb, labels)
+    torch.testing.assert_close(loss_fn.running_mean, mean)  # eval: unchanged
+    state = loss_fn.state_dict()
+    assert set(state) == {"weight", "running_mean", "running_std"}
+    clone = AdaFaceLoss(C, D, margin=0.4).double()
+    clone.load_state_dict(state)
+    torch.testing.assert_close(clone.eval()(emb, labels), loss_fn(emb, labels))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ArcFaceLoss(C, D),
+        lambda: SubCenterArcFaceLoss(C, D, sub_centers=3),
+        lambda: SphereFaceLoss(C, D),
+        lambda: CombinedMarginLoss(C, D, 1.1, 0.2, 0.1),
+        lambda: NormSoftmaxLoss(C, D),
+    ],
+)
+def test_fused_kernel_matches_functional_composition(make):
+    torch.manual_seed(8)
+    loss_fn = make()
+    emb, labels = _inputs(torch.float32, seed=9)
+    loss = loss_fn(emb, labels)
+    g = _grads(loss, emb, loss_fn.weight)
+    cos = torch.nn.functional.normalize(emb) @ torch.nn.functional.normalize(loss_fn.weight).t()
+    cos = subcenter_max(cos, loss_fn.sub_centers)
+    composed = margin_cross_entropy(cos, labels, loss_fn.margin, loss_fn.scale)
+    h = _grads(composed, emb, loss_fn.weight)
+    torch.testing.assert_close(loss, composed, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g[0], h[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g[1], h[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sub_centers", [1, 3])
+def test_fused_kernel_gradcheck(sub_centers):
+    g = torch.Generator().manual_seed(10)
+    emb = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6 * sub_centers, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 6, (5,), generator=g)
+    loss_fn = ArcFaceLoss(6, 4, margin=0.3)
+    weights = torch.rand(5, generator=g, dtype=torch.float64)  # non-uniform upstream gradient
+
+    def f(e, w_):
+        return (
+            fused_margin_softmax(e, w_, labels, loss_fn.margin, 4.0, sub_centers) * weights
+        ).sum()
+
+    assert torch.autograd.gradcheck(f, (emb, w), eps=1e-6, atol=1e-7)
+
+
+def test_reductions():
+    torch.manual_seed(11)
+    mean_fn = ArcFaceLoss(C, D)
+    none_fn = ArcFaceLoss(C, D, reduction="none")
+    sum_fn = ArcFaceLoss(C, D, reduction="sum")
+    none_fn.load_state_dict(mean_fn.state_dict())
+    sum_fn.load_state_dict(mean_fn.state_dict())
+    emb, labels = _inputs(torch.float64)
+    per = none_fn(emb, labels)
+    assert per.shape == (B,)
+    torch.testing.assert_close(mean_fn(emb, labels), per.mean())
+    torch.testing.assert_close(sum_fn(emb, labels), per.sum())
+
+
+# ---------------------------------------------------------------- prediction helpers
+
+
+def test_logits_predict_accuracy():
+    torch.manual_seed(12)
+    loss_fn = ArcFaceLoss(C, D)
+    labels = torch.randperm(C)[:B]
+    emb = loss_fn.weight.detach()[labels] * 5
+    logits = loss_fn.logits(emb)
+    assert logits.shape == (B, C) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits[torch.arange(B), labels], torch.ones(B))
+    assert torch.equal(loss_fn.predict(emb), labels)
+    assert loss_fn.accuracy(emb, labels) == 1.0
+    assert loss_fn.accuracy(emb, (labels + 1) % C) == 0.0
+
+
+def test_subcenter_logits_take_the_best_sub_center():
+    torch.manual_seed(13)
+    loss_fn = SubCenterArcFaceLoss(C, D, sub_centers=3)
+    assert loss_fn.weight.shape == (3 * C, D)
+    labels = torch.randint(0, C, (B,))
+    which = torch.randint(0, 3, (B,))
+    emb = loss_fn.weight.detach()[labels * 3 + which]  # rows c*K .. c*K+K-1 are class c
+    assert torch.equal(loss_fn.predict(emb), labels)
+    torch.testing.assert_close(loss_fn.logits(emb).amax(dim=1), torch.ones(B))
+
+
+def test_weight_init_and_state_dict():
+    torch.manual_seed(14)
+    loss_fn = CosFaceLoss(2000, 64)
+    assert list(loss_fn.state_dict()) == ["weight"]
+    assert loss_fn.weight.shape == (2000, 64)
+    assert loss_fn.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert "num_classes=2000" in repr(loss_fn) and "CosFaceMargin(margin=0.35)" in repr(loss_fn)
+
+
+def test_module_pickles_and_deepcopies():
+    loss_fn = AdaFaceLoss(C, D)
+    emb, labels = _inputs(torch.float32)
+    for clone in (pickle.loads(pickle.dumps(loss_fn)), copy.deepcopy(loss_fn)):
+        torch.testing.assert_close(clone.eval()(emb, labels), loss_fn.eval()(emb, labels))
+
+
+def test_autocast_bf16_close_to_float32():
+    torch.manual_seed(15)
+    loss_fn = ArcFaceLoss(C, D)
+    emb, labels = _inputs(torch.float32)
+    ref = loss_fn(emb, labels)
+    g_ref = _grads(ref, emb, loss_fn.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(emb, labels)
+    assert loss.dtype == torch.float32  # embeddings are float32; softmax ran in float32
+    g = _grads(loss, emb, loss_fn.weight)
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=0)
+    assert g[0].dtype == emb.dtype and g[1].dtype == loss_fn.weight.dtype
+    for a, b in zip(g, g_ref):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_float16_embeddings_float32_weight():
+    torch.manual_seed(16)
+    loss_fn = ArcFaceLoss(C, D)
+    emb, labels = _inputs(torch.float16)
+    loss = loss_fn(emb, labels)
+    assert loss.dtype == torch.float16
+    ref = loss_fn(emb.detach().float(), labels)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-3)
+    g = _grads(loss, emb, loss_fn.weight)
+    assert g[0].dtype == torch.float16 and torch.isfinite(g[0]).all()
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("emb", "labels", "err", "match"),
+    [
+        (torch.zeros(4, D), torch.tensor([0, 1, 2, C]), ValueError, r"labels must be in \[0, num"),
+        (torch.zeros(4, D), torch.tensor([0, 1, -1, 2]), ValueError, "got a label -1"),
+        (torch.zeros(4, D), torch.zeros(4), TypeError, "labels must have an integer dtype"),
+        (torch.zeros(4, D), torch.zeros(3, dtype=torch.long), ValueError, "one entry per"),
+        (torch.zeros(4, D), torch.zeros(4, 1, dtype=torch.long), ValueError, "shape \\(batch,\\)"),
+        (torch.zeros(0, D), torch.zeros(0, dtype=torch.long), ValueError, "non-empty"),
+        (torch.zeros(4, D + 1), torch.zeros(4, dtype=torch.long), ValueError, "embedding_dim=32"),
+        (torch.zeros(4, D, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "float"),
+        (torch.zeros(D), torch.zeros(1, dtype=torch.long), ValueError, "shape \\(batch, dim\\)"),
+        ([[0.0] * D], torch.zeros(1, dtype=torch.long), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_before_compute(emb, labels, err, match):
+    loss_fn = ArcFaceLoss(C, D)
+    with pytest.raises(err, match=match):
+        loss_fn(emb, labels)
+
+
+def test_accuracy_and_logits_validate_too():
+    loss_fn = ArcFaceLoss(C, D)
+    with pytest.raises(ValueError, match="embedding_dim=32"):
+        loss_fn.logits(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="num_classes=40"):
+        loss_fn.accuracy(torch.zeros(2, D), torch.tensor([0, 40]))
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: ArcFaceLoss(0, D), "num_classes must be in"),
+        (lambda: ArcFaceLoss(C, 2.5), "embedding_dim must be an int"),
+        (lambda: ArcFaceLoss(C, D, scale=-1.0), "scale must be in"),
+        (lambda: ArcFaceLoss(C, D, margin=3.0), "margin must be in"),
+        (lambda: SubCenterArcFaceLoss(C, D, sub_centers=0), "sub_centers must be in"),
+        (lambda: AdaFaceLoss(C, D, momentum=0.0), "momentum must be in"),
+        (lambda: CosFaceLoss(C, D, reduction="avg"), "reduction must be"),
+        (lambda: MarginSoftmaxLoss(C, D, margin=0.5), "margin must be callable"),
+    ],
+)
+def test_bad_parameters(factory, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        factory()
+
+
+def test_cuda_matches_cpu(device):
+    torch.manual_seed(17)
+    loss_fn = SubCenterArcFaceLoss(C, D, sub_centers=2)
+    emb, labels = _inputs(torch.float32)
+    ref = loss_fn(emb, labels)
+    g_ref = _grads(ref, emb, loss_fn.weight)
+    moved = copy.deepcopy(loss_fn).to(device)
+    emb_d = emb.detach().to(device).requires_grad_(True)
+    loss = moved(emb_d, labels.to(device))
+    g = _grads(loss, emb_d, moved.weight)
+    torch.testing.assert_close(loss.cpu(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g[0].cpu(), g_ref[0], rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(g[1].cpu(), g_ref[1], rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="num_classes=40"):
+        moved(emb_d, torch.full((B,), C, device=device))

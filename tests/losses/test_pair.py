@@ -1,0 +1,186 @@
+"""ContrastiveLoss against pytorch-metric-learning, torch.nn.CosineEmbeddingLoss and float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface.losses import ContrastiveLoss
+from metricface.miners import PairMarginMiner, TripletMarginMiner
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
+
+
+def _batch(n=30, dim=10, classes=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(
+        0, classes, (n,), generator=g
+    )
+
+
+def _value_and_grad(fn, x, *args, **kwargs):
+    x = x.clone().requires_grad_(True)
+    loss = fn(x, *args, **kwargs)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+CASES = [
+    ({}, {}),
+    ({"pos_margin": 0.1, "neg_margin": 1.3}, {"pos_margin": 0.1, "neg_margin": 1.3}),
+    (
+        {"distance": "cosine"},
+        {"pos_margin": 1, "neg_margin": 0, "distance": "cosine"},
+    ),
+    (
+        {"pos_margin": 0.8, "neg_margin": 0.2, "distance": "cosine"},
+        {"pos_margin": 0.8, "neg_margin": 0.2, "distance": "cosine"},
+    ),
+]
+
+
+def _peer(distance="euclidean", **kwargs):
+    dist = pml_distances.CosineSimilarity() if distance == "cosine" else None
+    return pml_losses.ContrastiveLoss(distance=dist, **kwargs)
+
+
+@pytest.mark.parametrize(("ours_kw", "peer_kw"), CASES)
+def test_labels_only_matches_pml(ours_kw, peer_kw):
+    x, y = _batch()
+    lo, go = _value_and_grad(ContrastiveLoss(**ours_kw), x, y)
+    lp, gp = _value_and_grad(_peer(**peer_kw), x, y)
+    torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+
+
+def test_index_tuples_match_pml_both_directions():
+    x, y = _batch(seed=1)
+    ours, peer = ContrastiveLoss(0.3, 0.9), pml_losses.ContrastiveLoss(0.3, 0.9)
+    tuples = [
+        pml_miners.PairMarginMiner(0.5, 0.9)(x, y),
+        PairMarginMiner(0.5, 0.9)(x, y),
+        TripletMarginMiner(0.3)(x, y),  # triplets become (a, p, a, n)
+        pml_miners.MultiSimilarityMiner()(x, y),
+    ]
+    for t in tuples:
+        lo, go = _value_and_grad(ours, x, y, indices_tuple=t)
+        lp, gp = _value_and_grad(peer, x, y, indices_tuple=t)
+        torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+
+
+def test_ref_emb_matches_pml():
+    x, y = _batch(12, seed=2)
+    r, ry = _batch(25, seed=3)
+    lo, go = _value_and_grad(ContrastiveLoss(), x, y, ref_emb=r, ref_labels=ry)
+    lp, gp = _value_and_grad(pml_losses.ContrastiveLoss(), x, y, ref_emb=r, ref_labels=ry)
+    torch.testing.assert_close(lo, lp)
+    torch.testing.assert_close(go, gp)
+
+
+@given(
+    labels=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+    seed=st.integers(0, 2**16),
+    pos_margin=st.floats(0.0, 0.5),
+    neg_margin=st.floats(0.5, 2.0),
+)
+def test_matches_float64_rederivation(labels, seed, pos_margin, neg_margin):
+    y = torch.tensor(labels)
+    x = torch.randn(len(labels), 4, generator=torch.Generator().manual_seed(seed))
+    xn = torch.nn.functional.normalize(x.double(), dim=1)
+    d = (xn[:, None] - xn[None]).pow(2).sum(-1).sqrt()
+    same = y[:, None] == y[None]
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    pos = (d - pos_margin).clamp(min=0)[same & ~eye]
+    neg = (neg_margin - d).clamp(min=0)[~same]
+    expected = sum(t[t > 0].mean() if (t > 0).any() else 0.0 for t in (pos, neg))
+    got = ContrastiveLoss(pos_margin, neg_margin)(x.double(), y)
+    torch.testing.assert_close(got, torch.as_tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3, -0.2])
+def test_forward_pairs_is_cosine_embedding_loss(margin):
+    g = torch.Generator().manual_seed(4)
+    x1, x2 = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g)
+    x2[:3] = x1[:3]  # identical pairs: cos = 1
+    target = torch.randint(0, 2, (40,), generator=g) * 2 - 1
+    a1, a2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    b1, b2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    ours = ContrastiveLoss(1.0, margin, distance="cosine").forward_pairs(
+        a1, a2, target, reduction="mean"
+    )
+    peer = torch.nn.CosineEmbeddingLoss(margin=margin)(b1, b2, target)
+    torch.testing.assert_close(ours, peer)
+    (ours + 0).backward()
+    peer.backward()
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a2.grad, b2.grad, rtol=1e-4, atol=1e-6)
+    per_pair = ContrastiveLoss(1.0, margin, distance="cosine").forward_pairs(
+        x1, x2, target, reduction="none"
+    )
+    peer_none = torch.nn.CosineEmbeddingLoss(margin=margin, reduction="none")(x1, x2, target)
+    torch.testing.assert_close(per_pair, peer_none)
+
+
+def test_forward_pairs_default_equals_forward_on_explicit_pairs():
+    x1, _ = _batch(10, seed=5)
+    x2, _ = _batch(10, seed=6)
+    target = torch.tensor([1, -1] * 5)
+    loss = ContrastiveLoss(0.2, 1.1)
+    got = loss.forward_pairs(x1, x2, target)
+    both = torch.cat([x1, x2])
+    i = torch.arange(10)
+    g, imp = target == 1, target == -1
+    tup = (i[g], i[g] + 10, i[imp], i[imp] + 10)
+    torch.testing.assert_close(got, loss(both, indices_tuple=tup))
+    torch.testing.assert_close(
+        loss.forward_pairs(x1, x2, target, reduction="sum"),
+        loss.forward_pairs(x1, x2, target, reduction="none").sum(),
+    )
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3], [7]])
+def test_no_pair_is_zero_with_graph(labels):
+    x = torch.randn(len(labels), 6, requires_grad=True)
+    # no positive pair, and negatives beyond the margin: nothing contributes
+    loss = ContrastiveLoss(neg_margin=0.0)(x, torch.tensor(labels))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_duplicated_embeddings_give_finite_gradients(distance):
+    x = torch.randn(3, 8).repeat(2, 1).requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = ContrastiveLoss(distance=distance)(x, y)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    a, b = torch.randn(4, 8).requires_grad_(True), None
+    b = a.detach().clone().requires_grad_(True)
+    pair = ContrastiveLoss(distance=distance).forward_pairs(a, b, torch.tensor([1, 1, -1, -1]))
+    pair.backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_input_errors():
+    x, y = _batch(6, 4, 2, dtype=torch.float32)
+    loss = ContrastiveLoss()
+    with pytest.raises(ValueError, match="indices_tuple must be a tuple"):
+        loss(x, y, indices_tuple=(torch.tensor([0]), torch.tensor([1])))
+    with pytest.raises(ValueError, match=r"indices_tuple\[0\] holds anchor indices"):
+        loss(x, y, indices_tuple=(torch.tensor([-1]), torch.tensor([1]), torch.tensor([2])))
+    with pytest.raises(ValueError, match="target must contain only 1"):
+        loss.forward_pairs(x, x, torch.tensor([1, 0, 1, 1, 1, 1]))
+    with pytest.raises(ValueError, match="x1 and x2 must have the same shape"):
+        loss.forward_pairs(x, x[:3], torch.ones(6))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        loss.forward_pairs(x, x, torch.ones(6), reduction="max")
+    with pytest.raises(TypeError, match="embeddings must have a floating-point dtype"):
+        loss(y, y)
+    with pytest.raises(TypeError, match="pos_margin must be a real number"):
+        ContrastiveLoss(pos_margin="0")

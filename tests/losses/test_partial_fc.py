@@ -1,0 +1,307 @@
+"""PartialFCLoss: sampling, sharding over gloo ranks, checkpoints, against dense references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from distributed_harness import run_distributed
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface.losses import PartialFCLoss, shard_range
+
+SCALE = 32.0
+
+
+def arcface_safe(cos: torch.Tensor, m: float = 0.5) -> torch.Tensor:
+    """cos(theta + m) by the angle-sum identity, NaN-free at cos = +-1."""
+    sine = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
+    return cos * math.cos(m) - sine * math.sin(m)
+
+
+def dense_reference(x, w, y, margin=arcface_safe, scale=SCALE):
+    """Dense float64 margin softmax cross entropy, written with plain autograd."""
+    cos = F.normalize(x, dim=1) @ F.normalize(w, dim=1).T
+    target = cos.gather(1, y[:, None]).squeeze(1).clamp(-1.0, 1.0)
+    logits = cos.scatter(1, y[:, None], margin(target)[:, None]) * scale
+    return F.cross_entropy(logits, y)
+
+
+def _reference_grads(x, w, y):
+    x = x.detach().double().requires_grad_(True)
+    w = w.detach().double().requires_grad_(True)
+    loss = dense_reference(x, w, y)
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+# --------------------------------------------------------------------------- shard layout
+@given(st.integers(1, 200), st.integers(1, 9))
+def test_shard_range_is_tensor_split(num_classes, world_size):
+    parts = torch.tensor_split(torch.arange(num_classes), world_size)
+    for rank, part in enumerate(parts):
+        start, stop = shard_range(num_classes, world_size, rank)
+        assert list(range(start, stop)) == part.tolist()
+
+
+def test_shard_range_rejects_bad_rank():
+    with pytest.raises(ValueError, match="rank must be in"):
+        shard_range(10, 2, 2)
+
+
+# --------------------------------------------------------------------------- single process
+def _module(c=40, d=8, **kw):
+    torch.manual_seed(0)
+    kw.setdefault("margin", arcface_safe)
+    kw.setdefault("scale", SCALE)
+    return PartialFCLoss(c, d, dtype=torch.float64, **kw)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 7])
+def test_full_rate_equals_dense(chunk_size):
+    loss_fn = _module(chunk_size=chunk_size)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 40, (10,), generator=g)
+    loss = loss_fn(x, y)
+    loss.backward()
+    ref_loss, ref_gx, ref_gw = _reference_grads(x, loss_fn.weight, y)
+    torch.testing.assert_close(loss.detach(), ref_loss)
+    torch.testing.assert_close(x.grad, ref_gx)
+    torch.testing.assert_close(loss_fn.weight.grad, ref_gw)
+    assert loss_fn.last_sampled is None
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_sampling_scores_positives_plus_random_negatives(chunk_size):
+    loss_fn = _module(c=100, sample_rate=0.2, chunk_size=chunk_size)
+    x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([3, 3, 50, 99, 0, 50])
+    loss = loss_fn(x, y)
+    loss.backward()
+    index = loss_fn.last_sampled
+    assert index.numel() == 20 and index.unique().numel() == 20
+    assert torch.equal(index, index.sort().values)
+    assert set(y.tolist()) <= set(index.tolist())
+    # the loss is the dense loss over the sampled centers, labels remapped
+    remapped = torch.searchsorted(index, y)
+    assert torch.equal(index[remapped], y)
+    ref_loss, ref_gx, ref_gw = _reference_grads(x, loss_fn.weight[index], remapped)
+    torch.testing.assert_close(loss.detach(), ref_loss)
+    torch.testing.assert_close(x.grad, ref_gx)
+    torch.testing.assert_close(loss_fn.weight.grad[index], ref_gw)
+    # rows that were not sampled get exactly zero gradient
+    unsampled = torch.ones(100, dtype=torch.bool)
+    unsampled[index] = False
+    assert torch.count_nonzero(loss_fn.weight.grad[unsampled]) == 0
+
+
+@given(
+    num_classes=st.integers(1, 60),
+    rate=st.floats(0.01, 1.0),
+    labels=st.lists(st.integers(0, 59), min_size=1, max_size=12),
+    seed=st.integers(0, 2**16),
+)
+def test_sampling_invariants(num_classes, rate, labels, seed):
+    y = torch.tensor([v % num_classes for v in labels])
+    loss_fn = PartialFCLoss(num_classes, 3, margin=arcface_safe, sample_rate=rate)
+    torch.manual_seed(seed)
+    x = torch.randn(len(y), 3)
+    loss = loss_fn(x, y)
+    assert torch.isfinite(loss)
+    positives = set(y.tolist())
+    if rate == 1.0:
+        assert loss_fn.last_sampled is None
+        return
+    index = loss_fn.last_sampled.tolist()
+    assert index == sorted(set(index)) and positives <= set(index)
+    assert len(index) == max(int(rate * num_classes), len(positives))
+    assert all(0 <= i < num_classes for i in index)
+
+
+def test_sampling_keeps_all_positives_beyond_the_rate():
+    loss_fn = _module(c=20, sample_rate=0.1)
+    y = torch.arange(5)  # 5 positives > int(0.1 * 20) = 2
+    loss_fn(torch.randn(5, 8, dtype=torch.float64), y)
+    assert loss_fn.last_sampled.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_sampling_is_deterministic_given_the_rng():
+    loss_fn = _module(c=1000, sample_rate=0.05)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, 4])
+    torch.manual_seed(123)
+    first = loss_fn(x, y)
+    idx = loss_fn.last_sampled
+    torch.manual_seed(123)
+    again = loss_fn(x, y)
+    assert torch.equal(idx, loss_fn.last_sampled) and torch.equal(first, again)
+    loss_fn(x, y)
+    assert not torch.equal(idx, loss_fn.last_sampled)
+
+
+def test_weight_init_is_reproducible_and_small():
+    torch.manual_seed(5)
+    a = PartialFCLoss(50, 4, margin=arcface_safe).weight
+    torch.manual_seed(5)
+    b = PartialFCLoss(50, 4, margin=arcface_safe).weight
+    assert torch.equal(a, b)
+    assert 0.005 < a.std().item() < 0.02
+
+
+def test_full_state_dict_round_trip_single_process():
+    src, dst = _module(c=12, d=3), _module(c=12, d=3)
+    with torch.no_grad():
+        dst.weight.zero_()
+    state = src.full_state_dict()
+    assert state["weight"].shape == (12, 3) and state["weight"].device.type == "cpu"
+    dst.load_full_state_dict(state)
+    assert torch.equal(dst.weight, src.weight)
+    with pytest.raises(ValueError, match=r"weight must have shape \(12, 3\)"):
+        dst.load_full_weight(torch.zeros(11, 3))
+
+
+def test_autocast_and_half_embeddings_stay_float32():
+    loss_fn = PartialFCLoss(30, 8, margin=arcface_safe, scale=SCALE)
+    x = torch.randn(5, 8)
+    y = torch.randint(0, 30, (5,))
+    plain = loss_fn(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = loss_fn(x, y)
+    torch.testing.assert_close(cast, plain, rtol=0, atol=0)
+    half = loss_fn(x.half(), y)
+    ref = dense_reference(x.half().double(), loss_fn.weight.double(), y)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), ref.detach(), rtol=1e-3, atol=0)
+
+
+def test_rejects_bad_input():
+    loss_fn = PartialFCLoss(10, 4, margin=arcface_safe)
+    x = torch.randn(3, 4)
+    with pytest.raises(
+        ValueError, match=r"labels must be in \[0, num_classes=10\), got a label 10"
+    ):
+        loss_fn(x, torch.tensor([0, 10, 1]))
+    with pytest.raises(
+        ValueError, match=r"labels must be in \[0, num_classes=10\), got a label -1"
+    ):
+        loss_fn(x, torch.tensor([0, -1, 1]))
+    with pytest.raises(ValueError, match=r"embeddings must have shape \(batch, 4\), got shape"):
+        loss_fn(torch.randn(3, 5), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels must have one entry per embedding"):
+        loss_fn(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="sample_rate must be in"):
+        PartialFCLoss(10, 4, margin=arcface_safe, sample_rate=0.0)
+    with pytest.raises(ValueError, match="sample_rate must be in"):
+        PartialFCLoss(10, 4, margin=arcface_safe, sample_rate=1.5)
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        PartialFCLoss(10.0, 4, margin=arcface_safe)
+    with pytest.raises(TypeError, match="margin must be callable"):
+        PartialFCLoss(10, 4, margin=0.5)
+    with pytest.raises(ValueError, match="chunk_size must be in"):
+        PartialFCLoss(10, 4, margin=arcface_safe, chunk_size=0)
+
+
+# --------------------------------------------------------------------------- distributed
+SIZES = (3, 5)  # uneven batches per rank
+NUM_CLASSES, DIM = 7, 4  # uneven class split: 4 + 3
+
+
+def _global_problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(sum(SIZES), DIM, generator=g, dtype=torch.float64)
+    w = torch.randn(NUM_CLASSES, DIM, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 6, 0, 0, 4, 5, 6, 5])  # shard 0 has one positive class
+    return x, w, y
+
+
+def _sharded_worker(rank: int, world_size: int):
+    x, w, y = _global_problem()
+    start = sum(SIZES[:rank])
+    local_x = x[start : start + SIZES[rank]].clone().requires_grad_(True)
+    local_y = y[start : start + SIZES[rank]]
+    out = {}
+    for chunk in (None, 2):
+        loss_fn = PartialFCLoss(
+            NUM_CLASSES, DIM, margin=arcface_safe, scale=SCALE, chunk_size=chunk,
+            dtype=torch.float64,
+        )  # fmt: skip
+        loss_fn.load_full_weight(w)
+        local_x.grad = None
+        loss = loss_fn(local_x, local_y)
+        loss.backward()
+        out[f"loss{chunk}"] = loss.detach()
+        out[f"gx{chunk}"] = local_x.grad.clone()
+        out[f"gw{chunk}"] = loss_fn.weight.grad.clone()
+    out["range"] = torch.tensor([loss_fn.class_start, loss_fn.class_stop])
+    # checkpoint helpers: gather everywhere, gather to rank 1 only
+    out["full"] = loss_fn.gather_weight()
+    to_one = loss_fn.full_state_dict(dst=1)
+    out["full_on_1"] = torch.zeros(0) if to_one is None else to_one["weight"]
+    # class-center sampling per shard: 50% of each shard plus that shard's positives
+    torch.manual_seed(rank)
+    sampled = PartialFCLoss(
+        NUM_CLASSES, DIM, margin=arcface_safe, scale=SCALE, sample_rate=0.5, dtype=torch.float64
+    )
+    sampled.load_full_weight(w)
+    local_x.grad = None
+    loss = sampled(local_x, local_y)
+    loss.backward()
+    out["s_loss"] = loss.detach()
+    out["s_gx"] = local_x.grad.clone()
+    out["s_gw"] = sampled.weight.grad.clone()
+    out["s_index"] = sampled.last_sampled + sampled.class_start
+    # more ranks than classes: rank 1 holds no class at all
+    tiny = PartialFCLoss(1, DIM, margin=arcface_safe, scale=SCALE, dtype=torch.float64)
+    tiny.load_full_weight(w[:1])
+    local_x.grad = None
+    loss = tiny(local_x, torch.zeros(SIZES[rank], dtype=torch.long))
+    loss.backward()
+    out["t_loss"], out["t_gx"], out["t_gw"] = loss.detach(), local_x.grad.clone(), tiny.weight.grad
+    out["t_full"] = tiny.gather_weight()
+    return out
+
+
+@pytest.mark.distributed
+def test_sharded_equals_single_process_dense():
+    results = run_distributed(_sharded_worker, world_size=2)
+    x, w, y = _global_problem()
+    ref_loss, ref_gx, ref_gw = _reference_grads(x, w, y)
+    for rank, out in enumerate(results):
+        start, stop = shard_range(NUM_CLASSES, 2, rank)
+        assert out["range"].tolist() == [start, stop]
+        b0 = sum(SIZES[:rank])
+        for chunk in (None, 2):
+            torch.testing.assert_close(out[f"loss{chunk}"], ref_loss)
+            torch.testing.assert_close(out[f"gx{chunk}"], ref_gx[b0 : b0 + SIZES[rank]])
+            torch.testing.assert_close(out[f"gw{chunk}"], ref_gw[start:stop])
+        assert torch.equal(out["full"], w)
+    assert results[0]["full_on_1"].numel() == 0 and torch.equal(results[1]["full_on_1"], w)
+
+    # sampling: every positive of each shard is scored, plus int(0.5 * shard) in total
+    index = torch.cat([out["s_index"] for out in results])
+    assert set(y.tolist()) <= set(index.tolist())
+    assert len(results[0]["s_index"]) == 2  # class 0 and one random negative
+    assert results[1]["s_index"].tolist() == [4, 5, 6]  # three positives > int(0.5 * 3)
+    remapped = torch.searchsorted(index, y)
+    s_loss, s_gx, s_gw = _reference_grads(x, w[index], remapped)
+    full_gw = torch.zeros_like(w)
+    full_gw[index] = s_gw
+    for rank, out in enumerate(results):
+        start, stop = shard_range(NUM_CLASSES, 2, rank)
+        b0 = sum(SIZES[:rank])
+        torch.testing.assert_close(out["s_loss"], s_loss)
+        torch.testing.assert_close(out["s_gx"], s_gx[b0 : b0 + SIZES[rank]])
+        torch.testing.assert_close(out["s_gw"], full_gw[start:stop], rtol=1e-7, atol=0)
+
+    t_loss, t_gx, t_gw = _reference_grads(x, w[:1], torch.zeros_like(y))
+    assert results[1]["t_gw"].shape == (0, DIM)
+    torch.testing.assert_close(results[0]["t_gw"], t_gw)
+    for rank, out in enumerate(results):
+        b0 = sum(SIZES[:rank])
+        torch.testing.assert_close(out["t_loss"], t_loss)
+        torch.testing.assert_close(out["t_gx"], t_gx[b0 : b0 + SIZES[rank]])
+        assert torch.equal(out["t_full"], w[:1])

@@ -1,0 +1,193 @@
+"""TripletMarginLoss against pytorch-metric-learning and a float64 brute-force re-derivation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface.losses import TripletMarginLoss
+from metricface.miners import BatchHardMiner, TripletMarginMiner
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
+
+
+def _batch(n=36, dim=12, classes=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=dtype)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return x, y
+
+
+def _value_and_grad(fn, x, *args, **kwargs):
+    x = x.clone().requires_grad_(True)
+    loss = fn(x, *args, **kwargs)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def _peer(distance="euclidean", **kwargs):
+    dist = pml_distances.CosineSimilarity() if distance == "cosine" else None
+    return pml_losses.TripletMarginLoss(distance=dist, **kwargs)
+
+
+def _brute_force(x, y, margin, swap=False, smooth=False, ref=None, ref_y=None):
+    """float64 re-derivation over the explicit B x R x R triplet cube (small B only)."""
+    x = torch.nn.functional.normalize(x.double(), dim=1)
+    r = x if ref is None else torch.nn.functional.normalize(ref.double(), dim=1)
+    ry = y if ref_y is None else ref_y
+    d = (x[:, None, :] - r[None, :, :]).pow(2).sum(-1).sqrt()
+    rr = (r[:, None, :] - r[None, :, :]).pow(2).sum(-1).sqrt()
+    same = y[:, None] == ry[None, :]
+    positive = same.clone()
+    if ref is None:
+        positive.fill_diagonal_(False)
+    valid = positive[:, :, None] & ~same[:, None, :]  # [a, p, n]
+    an = d[:, None, :].expand(-1, len(r), -1)
+    if swap:
+        an = torch.minimum(an, rr[None, :, :])
+    v = d[:, :, None] - an + margin
+    terms = (torch.nn.functional.softplus(v) if smooth else torch.relu(v))[valid]
+    nz = terms[terms > 0]
+    return nz.mean() if nz.numel() else torch.zeros((), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"margin": 0.3}, {"swap": True}, {"smooth_loss": True}, {"swap": True, "margin": 0.5}],
+)
+def test_labels_only_matches_pml(distance, kwargs):
+    x, y = _batch()
+    ours = TripletMarginLoss(distance=distance, chunk_elements=400, **kwargs)
+    lo, go = _value_and_grad(ours, x, y)
+    lp, gp = _value_and_grad(_peer(distance, **kwargs), x, y)
+    torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+
+
+def test_same_index_tuples_match_pml_both_directions():
+    x, y = _batch(seed=1)
+    ours, peer = TripletMarginLoss(margin=0.1), pml_losses.TripletMarginLoss(margin=0.1)
+    tuples = [
+        pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(x, y),
+        BatchHardMiner()(x, y),
+        pml_miners.MultiSimilarityMiner()(x, y),  # pairs: converted to triplets per anchor
+    ]
+    for t in tuples:
+        lo, go = _value_and_grad(ours, x, y, indices_tuple=t)
+        lp, gp = _value_and_grad(peer, x, y, indices_tuple=t)
+        torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+    # labels are optional with an indices tuple
+    t = TripletMarginMiner(0.2)(x, y)
+    torch.testing.assert_close(ours(x, indices_tuple=t), peer(x, y, indices_tuple=t))
+
+
+def test_ref_emb_matches_pml():
+    x, y = _batch(20, seed=2)
+    r, ry = _batch(30, seed=3)
+    ours, peer = TripletMarginLoss(margin=0.2), pml_losses.TripletMarginLoss(margin=0.2)
+    lo, go = _value_and_grad(ours, x, y, ref_emb=r, ref_labels=ry)
+    lp, gp = _value_and_grad(peer, x, y, ref_emb=r, ref_labels=ry)
+    torch.testing.assert_close(lo, lp)
+    torch.testing.assert_close(go, gp)
+    ref = _brute_force(x, y, 0.2, ref=r, ref_y=ry)
+    torch.testing.assert_close(lo, ref)
+
+
+def test_swap_with_ref_uses_reference_distances():
+    x, y = _batch(8, 6, 3, seed=4)
+    r, ry = _batch(10, 6, 3, seed=5)
+    loss = TripletMarginLoss(margin=0.3, swap=True, chunk_elements=4)(
+        x, y, ref_emb=r, ref_labels=ry
+    )
+    torch.testing.assert_close(loss, _brute_force(x, y, 0.3, swap=True, ref=r, ref_y=ry))
+
+
+@given(
+    labels=st.lists(st.integers(0, 3), min_size=2, max_size=14),
+    seed=st.integers(0, 2**16),
+    margin=st.floats(0.0, 1.0),
+    duplicate=st.booleans(),
+    smooth=st.booleans(),
+)
+def test_matches_brute_force(labels, seed, margin, duplicate, smooth):
+    y = torch.tensor(labels)
+    x = torch.randn(len(labels), 5, generator=torch.Generator().manual_seed(seed))
+    if duplicate:
+        x[-1] = x[0]
+    xd = x.double().requires_grad_(True)
+    loss = TripletMarginLoss(margin=margin, smooth_loss=smooth)(xd, y)
+    torch.testing.assert_close(loss, _brute_force(x, y, margin, smooth=smooth))
+    loss.backward()
+    assert torch.isfinite(xd.grad).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
+@pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3], [5]])
+def test_no_valid_triplet_is_zero_with_graph(kwargs, labels):
+    x = torch.randn(len(labels), 8, requires_grad=True)
+    loss = TripletMarginLoss(**kwargs)(x, torch.tensor(labels))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    empty = tuple(torch.empty(0, dtype=torch.long) for _ in range(3))
+    assert TripletMarginLoss(**kwargs)(x, indices_tuple=empty).item() == 0.0
+
+
+def test_all_triplets_satisfied_is_zero_with_graph():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0], [-1.0, 0.01]], requires_grad=True)
+    loss = TripletMarginLoss(margin=0.05)(x, torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
+def test_duplicated_embeddings_give_finite_gradients(kwargs):
+    x = torch.randn(4, 8).repeat(3, 1).requires_grad_(True)  # every row appears three times
+    y = torch.tensor([0, 0, 1, 1]).repeat(3)
+    loss = TripletMarginLoss(**kwargs)(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    x, y = _batch(24, 16, 4, dtype=torch.float32)
+    ref = TripletMarginLoss(margin=0.2)(x.to(dtype).float(), y)
+    xh = x.to(dtype).requires_grad_(True)
+    loss = TripletMarginLoss(margin=0.2)(xh, y)
+    assert loss.dtype == dtype
+    loss.backward()
+    assert torch.isfinite(xh.grad.float()).all()
+    torch.testing.assert_close(loss.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_input_errors():
+    x, y = _batch(6, 4, 2, dtype=torch.float32)
+    loss = TripletMarginLoss()
+    with pytest.raises(ValueError, match="labels or indices_tuple"):
+        loss(x)
+    with pytest.raises(ValueError, match="labels must have one entry per embedding"):
+        loss(x, y[:3])
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
+        loss(x, y.float())
+    with pytest.raises(ValueError, match=r"indices_tuple\[2\] holds reference indices"):
+        loss(x, y, indices_tuple=(torch.tensor([0]), torch.tensor([1]), torch.tensor([6])))
+    with pytest.raises(ValueError, match="equal lengths"):
+        loss(x, y, indices_tuple=(torch.tensor([0]), torch.tensor([1]), torch.tensor([2, 3])))
+    with pytest.raises(ValueError, match="ref_labels is required"):
+        loss(x, y, ref_emb=x)
+    with pytest.raises(ValueError, match="embedding dimension"):
+        loss(x, y, ref_emb=torch.randn(3, 5), ref_labels=y[:3])
+    with pytest.raises(ValueError, match="margin must be finite"):
+        TripletMarginLoss(margin=float("nan"))
+    with pytest.raises(ValueError, match="distance must be one of"):
+        TripletMarginLoss(distance="manhattan")
+    with pytest.raises(TypeError, match="swap must be a bool"):
+        TripletMarginLoss(swap=1)

@@ -1,0 +1,170 @@
+"""Histogram metrics: exact counts of all pairs, and the stated EER error bound."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface.metrics import (
+    ScoreHistogram,
+    all_pairs_histogram,
+    equal_error_rate,
+    roc_auc,
+    roc_curve,
+    tar_at_far,
+)
+
+
+def explicit_pairs(embeddings, labels):
+    """Every pair i < j, enumerated in float64: the reference the blockwise path must match."""
+    e = torch.nn.functional.normalize(embeddings.double(), dim=1)
+    i, j = torch.triu_indices(len(labels), len(labels), 1)
+    scores = (e[i] * e[j]).sum(1).clamp(-1, 1).numpy()
+    return (labels[i] == labels[j]).numpy(), scores
+
+
+def clustered(n, n_ids, dim=16, noise=1.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_ids, (n,), generator=g)
+    centers = torch.randn(n_ids, dim, generator=g, dtype=dtype)
+    return centers[labels] + noise * torch.randn(n, dim, generator=g, dtype=dtype), labels
+
+
+@pytest.mark.parametrize("n, block_size", [(2, 1), (97, 10), (97, 97), (150, 64), (150, 1000)])
+def test_all_pairs_counts_every_pair_once(n, block_size):
+    emb, labels = clustered(n, 7)
+    hist = all_pairs_histogram(emb, labels, bins=300, block_size=block_size)
+    y, s = explicit_pairs(emb, labels)
+    ref = ScoreHistogram(300).update(y, s)
+    assert hist.n_genuine + hist.n_impostor == n * (n - 1) // 2
+    np.testing.assert_array_equal(hist.genuine, ref.genuine)
+    np.testing.assert_array_equal(hist.impostor, ref.impostor)
+
+
+def test_all_pairs_float32_and_dot_product():
+    emb, labels = clustered(120, 5, dtype=torch.float32)
+    hist = all_pairs_histogram(emb, labels, bins=200, block_size=50)
+    y, s = explicit_pairs(emb, labels)
+    exact = equal_error_rate(y, s)
+    lo, hi = hist.eer_bounds()
+    # float32 similarities differ from float64 by ~1e-7: a score may change bins, which moves
+    # the bound by at most a few pairs.
+    slack = 3 / min(hist.n_genuine, hist.n_impostor)
+    assert lo - slack <= exact <= hi + slack
+    # unnormalised dot products with a matching range
+    emb = emb / emb.norm(dim=1, keepdim=True) * 2.0
+    dots = all_pairs_histogram(emb, labels, bins=200, range=(-4, 4), normalize=False)
+    assert dots.n_genuine == hist.n_genuine
+    np.testing.assert_allclose(dots.equal_error_rate(), exact, atol=hi - lo + slack)
+
+
+@pytest.mark.cuda
+def test_all_pairs_on_cuda_matches_cpu():
+    emb, labels = clustered(500, 20, dtype=torch.float64)
+    cpu = all_pairs_histogram(emb, labels, bins=500, block_size=128)
+    gpu = all_pairs_histogram(emb, labels, bins=500, block_size=128, device="cuda")
+    np.testing.assert_array_equal(cpu.genuine, gpu.genuine)
+    np.testing.assert_array_equal(cpu.impostor, gpu.impostor)
+
+
+@st.composite
+def bounded_scores(draw):
+    n_g, n_i = draw(st.integers(1, 60)), draw(st.integers(1, 60))
+    elem = st.one_of(
+        st.floats(-1, 1, allow_nan=False),
+        st.integers(-8, 8).map(lambda k: k / 8),  # exactly on bin edges, and ties
+    )
+    s = np.array(draw(st.lists(elem, min_size=n_g + n_i, max_size=n_g + n_i)))
+    y = np.array([1] * n_g + [0] * n_i)
+    return y, s
+
+
+@given(bounded_scores(), st.integers(1, 64))
+def test_histogram_eer_within_stated_bound(data, bins):
+    y, s = data
+    hist = ScoreHistogram(bins).update(y, s)
+    exact = equal_error_rate(y, s)
+    lo, hi = hist.eer_bounds()
+    assert lo - 1e-12 <= exact <= hi + 1e-12
+    assert lo - 1e-12 <= hist.equal_error_rate() <= hi + 1e-12
+    assert abs(hist.roc_auc() - roc_auc(y, s)) <= hist.auc_error_bound() + 1e-12
+    # the width never exceeds the genuine or impostor fraction in the bin where they cross,
+    # found here by scanning the bins from the top
+    n_g, n_i = y.sum(), (1 - y).sum()
+    frr = 1 - np.concatenate(([0], np.cumsum(hist.genuine[::-1]))) / n_g
+    far = np.concatenate(([0], np.cumsum(hist.impostor[::-1]))) / n_i
+    k = next(k for k in range(bins + 1) if frr[k] <= far[k])
+    assert hi - lo <= min(far[k] - far[k - 1], frr[k - 1] - frr[k]) + 1e-12
+
+
+@given(bounded_scores(), st.integers(1, 64))
+def test_histogram_points_are_exact_operating_points(data, bins):
+    y, s = data
+    hist = ScoreHistogram(bins).update(y, s)
+    fpr, tpr, _ = hist.roc_curve()
+    efpr, etpr, _ = roc_curve(y, s)
+    exact = set(zip(efpr.tolist(), etpr.tolist()))
+    assert set(zip(fpr.tolist(), tpr.tolist())) <= exact
+    # TAR@FAR from the histogram never exceeds the exact one
+    for a in (0.1, 0.5, 1.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the a * n_impostor < 1 warning is tested elsewhere
+            assert hist.tar_at_far(a) <= tar_at_far(y, s, a) + 1e-15
+
+
+def test_bound_shrinks_with_bin_width_and_is_tight_on_gaussians():
+    rng = np.random.default_rng(0)
+    y = rng.random(200_000) < 0.2
+    s = np.tanh(rng.normal(size=y.size) * 0.3 + 0.5 * y)
+    exact = equal_error_rate(y, s)
+    widths = []
+    for bins in (100, 1000, 10000):  # nested bin edges: each bound inside the previous one
+        hist = ScoreHistogram(bins).update(y, s)
+        lo, hi = hist.eer_bounds()
+        assert lo <= exact <= hi
+        assert abs(hist.equal_error_rate() - exact) <= hi - lo
+        widths.append(hi - lo)
+    assert widths[0] >= widths[1] >= widths[2]
+    assert widths[2] < 1e-3
+
+
+def test_incremental_update_and_merge():
+    rng = np.random.default_rng(1)
+    y = rng.random(1000) < 0.3
+    s = rng.uniform(-1, 1, size=1000)
+    whole = ScoreHistogram(50).update(y, s)
+    parts = ScoreHistogram(50).update(y[:300], s[:300]).update(torch.tensor(y[300:]), s[300:])
+    other = ScoreHistogram(50).update(y[:10], s[:10])
+    np.testing.assert_array_equal(whole.genuine, parts.genuine)
+    np.testing.assert_array_equal(whole.impostor, parts.impostor)
+    merged = ScoreHistogram(50).update(y[10:], s[10:]).merge(other)
+    np.testing.assert_array_equal(whole.impostor, merged.impostor)
+    assert whole.roc_auc() == pytest.approx(merged.roc_auc())
+    assert "n_genuine=" in repr(whole)
+
+
+def test_histogram_bad_input():
+    with pytest.raises(ValueError, match="bins must be in"):
+        ScoreHistogram(0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        ScoreHistogram(10, range=(1, -1))
+    with pytest.raises(ValueError, match=r"y_score must lie in range=\(-1.0, 1.0\), got 1.5"):
+        ScoreHistogram(10).update([1, 0], [0.2, 1.5])
+    with pytest.raises(ValueError, match="both genuine and impostor"):
+        ScoreHistogram(10).update([1, 1], [0.2, 0.5]).equal_error_rate()
+    with pytest.raises(ValueError, match="same bins and range"):
+        ScoreHistogram(10).merge(ScoreHistogram(20))
+    with pytest.raises(TypeError, match="must be a ScoreHistogram"):
+        ScoreHistogram(10).merge([1, 2])
+    emb, labels = clustered(10, 2)
+    with pytest.raises(ValueError, match="labels must have one entry per embedding"):
+        all_pairs_histogram(emb, labels[:-1])
+    with pytest.raises(ValueError, match="block_size must be in"):
+        all_pairs_histogram(emb, labels, block_size=0)
+    with pytest.raises(TypeError, match=r"embeddings must be a torch\.Tensor"):
+        all_pairs_histogram(emb.numpy(), labels)

@@ -1,0 +1,75 @@
+"""Every public name of every sub-package is documented in the API reference.
+
+A name is covered when its defining module is rendered by an ``.. automodule::`` directive in
+``docs/api/*.rst`` that renders members (``conf.py`` turns ``:members:`` on by default; a
+``:no-members:`` option turns it off) and the module lists the name in ``__all__`` (which is
+what autodoc renders), or when the name is rendered explicitly with an
+``.. autoclass::`` / ``.. autofunction::`` / ``.. autodata::`` directive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import metricface
+
+DOCS_API = Path(__file__).resolve().parents[1] / "docs" / "api"
+
+
+def _directives() -> tuple[set[str], set[str]]:
+    modules, objects = set(), set()
+    for rst in DOCS_API.glob("*.rst"):
+        text = rst.read_text()
+        for match in re.finditer(r"^\.\. automodule:: (\S+)\n((?:   .*\n|\n)*)", text, re.M):
+            if ":no-members:" not in match.group(2):
+                modules.add(match.group(1))
+        for match in re.finditer(r"^\.\. auto(?:class|function|data):: (\S+)", text, re.M):
+            objects.add(match.group(1))
+    return modules, objects
+
+
+def _public_names() -> list[tuple[str, str, object]]:
+    names = []
+    packages = [metricface] + [
+        importlib.import_module(f"metricface.{info.name}")
+        for info in pkgutil.iter_modules(metricface.__path__)
+        if not info.name.startswith("_")
+    ]
+    for package in packages:
+        for name in getattr(package, "__all__", []):
+            obj = getattr(package, name)
+            if inspect.ismodule(obj) or name == "__version__":
+                continue
+            names.append((package.__name__, name, obj))
+    return names
+
+
+@pytest.mark.parametrize(
+    "package, name, obj", _public_names(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_public_name_is_in_api_reference(package, name, obj):
+    modules, objects = _directives()
+    home = getattr(obj, "__module__", package)
+    if f"{home}.{name}" in objects or f"{package}.{name}" in objects:
+        return
+    assert home in modules, (
+        f"{package}.{name} is defined in {home}, which no docs/api/*.rst page renders with "
+        f"'.. automodule:: {home}' (without ':no-members:')"
+    )
+    module_all = getattr(importlib.import_module(home), "__all__", None)
+    assert module_all is not None and name in module_all, (
+        f"{home} must list {name!r} in __all__ so that autodoc renders it"
+    )
+
+
+def test_api_reference_pages_are_in_the_toctree():
+    index = (DOCS_API / "index.rst").read_text()
+    for rst in DOCS_API.glob("*.rst"):
+        if rst.stem != "index":
+            assert re.search(rf"^\s+{rst.stem}\s*$", index, re.M), f"{rst.name} not in api/index"
