@@ -118,6 +118,10 @@ class SyntheticFaces(Dataset):
     dtype : torch.dtype
         ``torch.uint8`` (values 0..255, like :func:`torchvision.io.decode_image`) or a floating
         dtype (values in ``[0, 1]``).
+    cache : bool
+        Keep every rendered image (before ``transform``) in memory, so later epochs cost no
+        drawing: ``len * 3 * image_size**2`` bytes for uint8. Each DataLoader worker process
+        keeps its own cache, so use it with ``num_workers=0`` or few workers.
 
     Attributes
     ----------
@@ -147,6 +151,7 @@ class SyntheticFaces(Dataset):
         distortion_prob: float = 0.5,
         transform: Callable[[torch.Tensor], Any] | None = None,
         dtype: torch.dtype = torch.uint8,
+        cache: bool = False,
     ) -> None:
         check_scalar(num_identities, "num_identities", low=1, integer=True)
         check_scalar(images_per_identity, "images_per_identity", low=1, integer=True)
@@ -179,6 +184,7 @@ class SyntheticFaces(Dataset):
         lin = (torch.arange(self.image_size, dtype=torch.float32) + 0.5) / self.image_size
         self._grid_y, self._grid_x = torch.meshgrid(lin * 2 - 1, lin * 2 - 1, indexing="ij")
         self._faces: dict[int, dict[str, Any]] = {}
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
@@ -199,7 +205,11 @@ class SyntheticFaces(Dataset):
             raise IndexError(f"index must be in [-{n}, {n}), got {index}")
         index = int(index) % n
         label = index // self.images_per_identity
-        image = self.render(label, index % self.images_per_identity)
+        image = self._cache.get(index) if self._cache is not None else None
+        if image is None:
+            image = self.render(label, index % self.images_per_identity)
+            if self._cache is not None:
+                self._cache[index] = image
         if self.transform is not None:
             image = self.transform(image)
         return image, label
