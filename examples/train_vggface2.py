@@ -74,7 +74,7 @@ class Objective(nn.Module):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_args(p, epochs=12, lr=0.1)
+    C.add_common_args(p, epochs=8, lr=0.1)
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=(*CLASS_LOSSES, *PAIR_LOSSES), default="cosface")
     g.add_argument("--margin", type=float, help="loss margin (radians for arcface)")

@@ -189,6 +189,11 @@ class SyntheticFaces(Dataset):
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
 
+    @property
+    def targets(self) -> list[int]:
+        """Labels as a list (the attribute name torchvision datasets use)."""
+        return self.labels.tolist()
+
     def __repr__(self) -> str:
         return (
             f"SyntheticFaces(num_identities={self.num_identities}, "
