@@ -59,6 +59,15 @@ def test_deterministic_in_any_order_and_object():
     assert not torch.equal(forward[0], forward[1])
 
 
+def test_cache_returns_the_same_images():
+    plain = SyntheticFaces(3, 2, image_size=32)
+    cached = SyntheticFaces(3, 2, image_size=32, cache=True)
+    for _ in range(2):
+        for i in range(len(plain)):
+            assert torch.equal(cached[i][0], plain[i][0])
+    assert len(cached._cache) == len(plain)
+
+
 def test_identity_offset_gives_disjoint_people():
     full = SyntheticFaces(6, 2, image_size=32)
     held_out = SyntheticFaces(2, 2, image_size=32, identity_offset=4)

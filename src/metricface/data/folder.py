@@ -203,6 +203,11 @@ class IdentityFolder(Dataset):
         return new
 
     @property
+    def targets(self) -> list[int]:
+        """Labels as a list (the attribute name torchvision datasets use)."""
+        return self.labels.tolist()
+
+    @property
     def classes(self) -> list[str]:
         """Identity names in label order."""
         return sorted(self.label_map, key=self.label_map.__getitem__)

@@ -73,8 +73,11 @@ class _Canvas:
         if angle:
             c, s = math.cos(angle), math.sin(angle)
             du, dv = c * du + s * dv, -s * du + c * dv
-        r = torch.sqrt((du / ax) ** 2 + (dv / ay) ** 2 + 1e-12)
-        return (r - 1.0) * min(ax, ay)
+        # (r^2 - 1) / 2 is the first-order expansion of r - 1 at the boundary r = 1: the same
+        # soft edge as the true distance, without a sqrt (transcendental ops on small images
+        # are slow when torch runs them multi-threaded on a busy CPU)
+        r2 = (du / ax) ** 2 + (dv / ay) ** 2
+        return (r2 - 1.0) * (0.5 * min(ax, ay))
 
     def mask(self, sdf: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(-sdf / self.edge)
@@ -115,6 +118,10 @@ class SyntheticFaces(Dataset):
     dtype : torch.dtype
         ``torch.uint8`` (values 0..255, like :func:`torchvision.io.decode_image`) or a floating
         dtype (values in ``[0, 1]``).
+    cache : bool
+        Keep every rendered image (before ``transform``) in memory, so later epochs cost no
+        drawing: ``len * 3 * image_size**2`` bytes for uint8. Each DataLoader worker process
+        keeps its own cache, so use it with ``num_workers=0`` or few workers.
 
     Attributes
     ----------
@@ -144,6 +151,7 @@ class SyntheticFaces(Dataset):
         distortion_prob: float = 0.5,
         transform: Callable[[torch.Tensor], Any] | None = None,
         dtype: torch.dtype = torch.uint8,
+        cache: bool = False,
     ) -> None:
         check_scalar(num_identities, "num_identities", low=1, integer=True)
         check_scalar(images_per_identity, "images_per_identity", low=1, integer=True)
@@ -176,9 +184,15 @@ class SyntheticFaces(Dataset):
         lin = (torch.arange(self.image_size, dtype=torch.float32) + 0.5) / self.image_size
         self._grid_y, self._grid_x = torch.meshgrid(lin * 2 - 1, lin * 2 - 1, indexing="ij")
         self._faces: dict[int, dict[str, Any]] = {}
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
+
+    @property
+    def targets(self) -> list[int]:
+        """Labels as a list (the attribute name torchvision datasets use)."""
+        return self.labels.tolist()
 
     def __repr__(self) -> str:
         return (
@@ -196,7 +210,11 @@ class SyntheticFaces(Dataset):
             raise IndexError(f"index must be in [-{n}, {n}), got {index}")
         index = int(index) % n
         label = index // self.images_per_identity
-        image = self.render(label, index % self.images_per_identity)
+        image = self._cache.get(index) if self._cache is not None else None
+        if image is None:
+            image = self.render(label, index % self.images_per_identity)
+            if self._cache is not None:
+                self._cache[index] = image
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -332,7 +350,7 @@ class SyntheticFaces(Dataset):
         du = cv.u - sx * 0.3
         dv = cv.v - face_cy
         width = ax * (1.0 - f["jaw"] * (dv / ay).clamp(min=0) ** 2)
-        head = torch.sqrt((du / width) ** 2 + (dv / ay) ** 2 + 1e-12) - 1.0
+        head = ((du / width) ** 2 + (dv / ay) ** 2 - 1.0) * 0.5
         head_mask = cv.mask(head * min(ax, ay))
         cv.paint(head_mask, f["skin"])
         if f["beard"]:
@@ -340,7 +358,8 @@ class SyntheticFaces(Dataset):
             cv.paint(cv.mask(beard) * 0.85, f["hair"])
         # fringe: hair covering the head above a wavy hairline
         if not f["bald"]:
-            wave = 0.04 * torch.sin(cv.u * 9.0 + f["hair_side"] * 20.0)
+            phase = torch.remainder(cv.u * (9.0 / (2 * math.pi)) + f["hair_side"] * 3.2, 1.0)
+            wave = 0.04 * (1.0 - 4.0 * (phase - 0.5).abs())  # a triangle wave
             line = f["hairline"] + wave + f["hair_side"] * cv.u
             fringe = torch.maximum(head * min(ax, ay), cv.v - line)
             cv.paint(cv.mask(fringe), f["hair"])

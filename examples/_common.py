@@ -1,0 +1,185 @@
+"""Glue shared by the example trainers: argument groups, data, evaluation, logging.
+
+Everything here only wires metricface's public pieces together; no training logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from metricface.backbones import build_backbone
+from metricface.data import IdentityFolder, SyntheticFaces, eval_transform, train_transform
+from metricface.inference import embed
+from metricface.metrics import verification_report
+
+
+def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="root of an identity-per-folder dataset (default: synthetic)")
+    g.add_argument("--identities", type=int, default=300, help="synthetic training identities")
+    g.add_argument("--images-per-identity", type=int, default=12, help="synthetic images each")
+    g.add_argument("--eval-identities", type=int, default=50, help="held-out identities")
+    g.add_argument("--eval-images", type=int, default=8, help="images per held-out identity")
+    g.add_argument("--image-size", type=int, default=None, help="default 64 synthetic, 112 data")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="iresnet18", help="iresnet18/34/50/100, resnet18/...")
+    g.add_argument("--width", type=float, default=0.25, help="channel multiplier (iresnet)")
+    g.add_argument("--embedding-dim", type=int, default=128)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--output", help="output directory (default runs/<script>-<time>)")
+    g.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (CI)")
+
+
+def apply_tiny(args: argparse.Namespace) -> None:
+    """Shrink everything for a smoke run."""
+    args.identities, args.images_per_identity = 24, 4
+    args.eval_identities, args.eval_images = 8, 4
+    args.image_size, args.width, args.embedding_dim = 32, 0.125, 32
+    args.epochs, args.batch_size = min(args.epochs, 2), 32
+
+
+def output_dir(args: argparse.Namespace, script: str) -> Path:
+    out = Path(args.output or f"runs/{script}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, Any, Any]:
+    """(train set with augmentation, held-out set, held-out set without transform)."""
+    if args.data is None:
+        size = args.image_size or 64
+        kw = dict(image_size=size, seed=args.seed, cache=True, distortions=distortions)
+        train = SyntheticFaces(
+            args.identities, args.images_per_identity, transform=train_transform(size), **kw
+        )
+        held_raw = SyntheticFaces(
+            args.eval_identities, args.eval_images, identity_offset=args.identities, **kw
+        )
+        held = SyntheticFaces(
+            args.eval_identities,
+            args.eval_images,
+            identity_offset=args.identities,
+            transform=eval_transform(size),
+            **kw,
+        )
+        return train, held, held_raw
+    size = args.image_size or 112
+    full = IdentityFolder(args.data, transform=train_transform(size))
+    train, held = full.split_by_identity(args.eval_identities, seed=args.seed)
+    per: dict[int, int] = {}
+    keep = []
+    for i, lab in enumerate(held.labels.tolist()):
+        if per.get(lab, 0) < args.eval_images:
+            per[lab] = per.get(lab, 0) + 1
+            keep.append(i)
+    held.transform = None
+    held_raw = Subset(held, keep)
+    held_raw.labels = held.labels[keep]
+    held_eval = IdentityFolder.from_samples(
+        [held.samples[i] for i in keep], held.label_map, transform=eval_transform(size)
+    )
+    return train, held_eval, held_raw
+
+
+def build_model(args: argparse.Namespace, image_size: int) -> torch.nn.Module:
+    kw: dict[str, Any] = {"embedding_dim": args.embedding_dim}
+    if args.backbone.startswith("iresnet"):
+        kw.update(width=args.width, input_size=image_size)
+    return build_backbone(args.backbone, **kw)
+
+
+def pair_scores(embeddings: torch.Tensor, labels: torch.Tensor):
+    """Every unordered pair of held-out images: (y_true, cosine similarity)."""
+    e = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    i, j = torch.triu_indices(len(labels), len(labels), 1)
+    return (labels[i] == labels[j]).long(), (e[i] * e[j]).sum(1)
+
+
+def evaluate(model, held, args, device) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    loader = DataLoader(held, batch_size=256, num_workers=args.workers)
+    emb, labels = embed(model, loader, device=device)
+    return verification_report(*pair_scores(emb, labels)), emb, labels
+
+
+def raw_pixel_report(held_raw) -> Any:
+    """The baseline: cosine similarity of mean-centred raw pixels."""
+    x = torch.stack([held_raw[i][0] for i in range(len(held_raw))]).float().flatten(1)
+    labels = torch.as_tensor([held_raw[i][1] for i in range(len(held_raw))])
+    return verification_report(*pair_scores(x - x.mean(1, keepdim=True), labels))
+
+
+class CsvLog:
+    """Appends one row per epoch; survives resume (the header is written once)."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def progress(iterable, total: int, desc: str, enabled: bool):
+    if enabled and sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, total=total, desc=desc, leave=False)
+    return iterable
+
+
+def save_plots(out: Path, report, emb, labels, *, max_ids: int = 20) -> list[str]:
+    """ROC and embedding scatter PNGs (skipped with a note when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from metricface.plots import plot_embeddings
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'metricface[plot]')")
+        return []
+    written = []
+    ax = report.plot()
+    ax.figure.savefig(out / "roc.png", dpi=100)
+    plt.close(ax.figure)
+    written.append("roc.png")
+    keep = labels < max_ids
+    ax = plot_embeddings(emb[keep], labels[keep], method="pca")
+    ax.figure.savefig(out / "embeddings.png", dpi=100)
+    plt.close(ax.figure)
+    written.append("embeddings.png")
+    return written
+
+
+def env_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, or (0, 1, 0)."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )

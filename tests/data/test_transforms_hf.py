@@ -1,0 +1,115 @@
+"""Transform presets and the optional Hugging Face adapter."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metricface.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from metricface.data.hf import HFFaceDataset
+
+
+def _img(size=112, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_eval_transform_matches_manual_normalisation():
+    x = _img()
+    out = eval_transform(112)(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 112, 112)
+    ref = (x.double() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+    out = eval_transform(112, mean=IMAGENET_MEAN, std=IMAGENET_STD)(x)
+    m = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    s = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    torch.testing.assert_close(out.double(), (x.double() / 255 - m) / s, atol=1e-5, rtol=0)
+
+
+def test_eval_transform_resizes_and_accepts_pil():
+    x = _img(150)
+    out = eval_transform(224)(x)
+    assert out.shape == (3, 224, 224)
+    pil = Image.fromarray(x.permute(1, 2, 0).numpy())
+    torch.testing.assert_close(eval_transform(112)(pil), eval_transform(112)(x))
+
+
+def test_train_transform_is_seeded_random_and_mild():
+    x = _img()
+    t = train_transform(112)
+    torch.manual_seed(0)
+    a = t(x)
+    torch.manual_seed(0)
+    b = t(x)
+    assert torch.equal(a, b) and a.shape == (3, 112, 112) and a.dtype == torch.float32
+    outs = torch.stack([t(x) for _ in range(20)])
+    assert (outs.std(0) > 0).any()  # random
+    # mild: the average augmented image stays close to the eval image
+    ref = eval_transform(112)(x)
+    assert (outs.mean(0) - ref).abs().mean() < (ref - ref.mean()).abs().mean()
+
+
+def test_train_transform_flip_only_is_a_mirror():
+    x = _img(32)
+    t = train_transform(32, crop_scale=(1.0, 1.0), color_jitter=0.0)
+    ref = eval_transform(32)(x)
+    seen = set()
+    for _ in range(30):
+        out = t(x)
+        if torch.equal(out, ref):
+            seen.add("same")
+        elif torch.equal(out, ref.flip(-1)):
+            seen.add("flip")
+        else:
+            raise AssertionError("only a horizontal flip is expected")
+    assert seen == {"same", "flip"}
+
+
+@pytest.mark.parametrize(
+    ("fn", "kwargs", "match"),
+    [
+        (eval_transform, {"image_size": 0}, "image_size"),
+        (eval_transform, {"mean": (0.5, 0.5)}, "mean"),
+        (eval_transform, {"std": (0.5, 0.0, 0.5)}, "std"),
+        (train_transform, {"crop_scale": (0.0, 1.0)}, r"crop_scale\[0\]"),
+        (train_transform, {"crop_scale": (0.9, 0.8)}, r"crop_scale\[1\]"),
+        (train_transform, {"color_jitter": -1.0}, "color_jitter"),
+    ],
+)
+def test_transform_arguments(fn, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fn(**kwargs)
+
+
+def test_hf_name_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match=r"pip install datasets") as info:
+        HFFaceDataset("some-user/some-faces")
+    assert "Hugging Face" in str(info.value)
+
+
+def test_hf_adapter_on_loaded_rows():
+    rows = [
+        {"image": Image.new("RGB", (8, 6), (i, 0, 0)), "label": i % 2, "extra": "x"}
+        for i in range(4)
+    ]
+    rows[3]["image"] = Image.new("L", (8, 6), 9)  # grey-scale becomes RGB
+    ds = HFFaceDataset(rows, transform=lambda x: x.float())
+    assert len(ds) == 4 and ds.labels.tolist() == [0, 1, 0, 1] and ds.num_classes == 2
+    img, label = ds[2]
+    assert img.shape == (3, 6, 8) and img.dtype == torch.float32 and label == 0
+    assert img[0, 0, 0] == 2 and img[1:].abs().sum() == 0
+    assert ds[3][0].unique().tolist() == [9.0]
+    arr_rows = [{"img": np.zeros((5, 5, 3), dtype=np.uint8), "id": 3}]
+    ds = HFFaceDataset(arr_rows, image_column="img", label_column="id")
+    assert ds[0][0].shape == (3, 5, 5) and ds[0][1] == 3
+    with pytest.raises(ValueError, match="no column 'label'"):
+        HFFaceDataset(arr_rows, image_column="img")
+    with pytest.raises(ValueError, match="at least one row"):
+        HFFaceDataset([])
+    with pytest.raises(TypeError, match="source"):
+        HFFaceDataset(42)

@@ -1,0 +1,89 @@
+"""The example trainers run end to end, and an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    stdout = _run("train_vggface2.py", "--tiny", "--output", str(out), "--no-progress")
+    return out, stdout
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_checkpoint_log_and_plots(full_run):
+    out, stdout = full_run
+    assert "raw-pixel baseline on held-out identities: EER" in stdout
+    assert "trained EER" in stdout
+    for name in ("checkpoint.pt", "log.csv", "report.txt", "roc.png", "embeddings.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,loss,lr,eer") and len(rows) == 3
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] > 0
+    assert ckpt["extra"]["config"]["tiny"] is True
+    assert len(ckpt["extra"]["history"]) == 2
+    assert any(k.startswith("backbone.") for k in ckpt["model"])
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
+    reference, _ = full_run
+    out = tmp_path / "resumed"
+    first = _run(
+        "train_vggface2.py", "--tiny", "--output", str(out), "--no-plots", "--stop-after-epoch", "1"
+    )
+    assert "stopping after epoch 1" in first
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    second = _run("train_vggface2.py", "--tiny", "--output", str(out), "--no-plots", "--resume")
+    assert "resumed from" in second
+    a = torch.load(reference / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert (out / "log.csv").read_text().count("\n") == 3  # one header, two epochs
+
+
+@pytest.mark.slow
+def test_pair_loss_with_identity_sampler(tmp_path):
+    stdout = _run(
+        "train_vggface2.py",
+        "--tiny",
+        "--epochs",
+        "1",
+        "--loss",
+        "triplet",
+        "--miner",
+        "semihard",
+        "--no-plots",
+        "--output",
+        str(tmp_path),
+    )
+    assert "trained EER" in stdout
