@@ -50,12 +50,25 @@ def _public_names() -> list[tuple[str, str, object]]:
     return names
 
 
+def _home(package: str, name: str, obj: object) -> str:
+    """The module that defines ``obj``; for data (no ``__module__``), the sub-module exporting it."""
+    home = getattr(obj, "__module__", None)
+    if isinstance(home, str):
+        return home
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
+        module = importlib.import_module(f"{package}.{info.name}")
+        if name in getattr(module, "__all__", ()) and getattr(module, name, None) is obj:
+            return module.__name__
+    return package
+
+
 @pytest.mark.parametrize(
     "package, name, obj", _public_names(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_public_name_is_in_api_reference(package, name, obj):
     modules, objects = _directives()
-    home = getattr(obj, "__module__", package)
+    home = _home(package, name, obj)
     if f"{home}.{name}" in objects or f"{package}.{name}" in objects:
         return
     assert home in modules, (
