@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,11 @@ def test_require_names_the_extra_for_a_missing_package():
 def test_require_falls_back_to_pip_package_name():
     with pytest.raises(ImportError, match=r"pip install no_such_pkg_xyz"):
         require("no_such_pkg_xyz.sub")
+
+
+def test_readme_example_runs(capsys):
+    """The README's code example is real: it trains one step and prints verification metrics."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "EER 0.333" in capsys.readouterr().out
