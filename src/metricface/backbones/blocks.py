@@ -13,7 +13,7 @@ and no ``downsample`` module is given, it builds the usual projection shortcut: 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -83,6 +83,14 @@ def init_weights(model: nn.Module, *, zero_init_residual: bool = False) -> None:
         for m in model.modules():
             if isinstance(m, _ResidualBlock):
                 m.zero_init_last()
+
+
+def _check_stage_depths(layers: Sequence[int]) -> None:
+    """Check a network's ``layers`` argument: four block counts, each a positive integer."""
+    if len(layers) != 4:
+        raise ValueError(f"layers must hold 4 block counts, got {list(layers)}")
+    for i, n in enumerate(layers):
+        check_scalar(n, f"layers[{i}]", low=1, integer=True)
 
 
 class SEModule(nn.Module):
