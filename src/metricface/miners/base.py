@@ -180,3 +180,29 @@ class BaseMiner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"distance={self.distance!r}, max_triplets={self.max_triplets}"
+
+
+class _MarginTripletMiner(BaseMiner):
+    """A triplet miner with a ``margin`` (checked, stored and shown in the repr).
+
+    ``_positive_margin = True`` makes a margin ``<= 0`` an error.
+    """
+
+    _positive_margin: bool = False
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        distance: str = "euclidean",
+        max_triplets: int | None = None,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__(distance, max_triplets, chunk_elements)
+        if self._positive_margin:
+            check_scalar(margin, "margin", low=0, low_inclusive=False)
+        else:
+            check_scalar(margin, "margin")
+        self.margin = float(margin)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, " + super().extra_repr()
