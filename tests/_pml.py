@@ -41,3 +41,16 @@ def peer_distance(distance: str):
     if distance == "cosine":
         return pml_distances.CosineSimilarity()
     return pml_distances.LpDistance()
+
+
+def assert_matches_peer(ours, peer, x, *args, tight: bool = False, **kwargs):
+    """Check that two losses agree in value and gradient on ``x``; return our loss value.
+
+    ``tight`` uses float64-level tolerances (``rtol=1e-10`` on the loss, ``1e-8`` on the
+    gradient, ``atol=1e-12``) instead of :func:`torch.testing.assert_close`'s defaults.
+    """
+    lo, go = value_and_grad(ours, x, *args, **kwargs)
+    lp, gp = value_and_grad(peer, x, *args, **kwargs)
+    torch.testing.assert_close(lo, lp, **({"rtol": 1e-10, "atol": 1e-12} if tight else {}))
+    torch.testing.assert_close(go, gp, **({"rtol": 1e-8, "atol": 1e-12} if tight else {}))
+    return lo
