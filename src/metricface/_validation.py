@@ -21,6 +21,7 @@ __all__ = [
     "check_finite",
     "check_label_array",
     "check_labels",
+    "check_reference_set",
     "check_scalar",
 ]
 
@@ -123,6 +124,36 @@ def check_labels(
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} must be in [0, num_classes={num_classes}), got a label {bad}")
     return labels
+
+
+def check_reference_set(
+    embeddings: torch.Tensor, ref_emb: torch.Tensor | None, ref_labels: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Check an optional reference set ``(ref_emb, ref_labels)`` against checked ``embeddings``.
+
+    ``ref_labels`` without ``ref_emb`` is an error; ``ref_emb`` must be a ``(R, D)`` floating
+    tensor with the ``D`` of ``embeddings``; ``ref_labels``, when given, ``R`` integer labels.
+    Whether ``ref_labels`` is required with ``ref_emb`` is the caller's decision.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``ref_labels`` on the device of ``embeddings`` (``None`` when not given).
+    """
+    if ref_emb is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels was given without ref_emb; pass both or neither")
+        return None
+    check_embeddings(ref_emb, "ref_emb")
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise ValueError(
+            f"ref_emb must have the embedding dimension of embeddings "
+            f"({embeddings.shape[1]}), got {ref_emb.shape[1]}"
+        )
+    if ref_labels is None:
+        return None
+    check_labels(ref_labels, ref_emb.shape[0], name="ref_labels")
+    return ref_labels.to(embeddings.device)
 
 
 def check_label_array(labels: object, name: str = "labels") -> np.ndarray:

@@ -130,9 +130,7 @@ def plot_roc(
     -------
     matplotlib.axes.Axes
     """
-    op = operating_points(*check_binary_scores(y_true, y_score))
-    ax = axes_or_new(ax, "plot a ROC curve")
-    return draw_roc(ax, op.fpr, op.tpr, eer_from_points(op)[0], op.n_neg, label, **kwargs)
+    return _plot_curve("roc", y_true, y_score, ax, label, kwargs)
 
 
 def plot_det(
@@ -145,23 +143,26 @@ def plot_det(
 
     Parameters
     ----------
-    y_true, y_score : array-like of shape (n,)
-        Labels (1 genuine, 0 impostor) and similarity scores.
-    ax : matplotlib.axes.Axes, optional
-        Axes to draw into; a new figure is created when omitted.
-    label : str, optional
-        Legend label of the curve.
-    **kwargs
-        Passed to ``ax.plot`` for the curve.
+    y_true, y_score, ax, label, **kwargs
+        As for :func:`plot_roc`.
 
     Returns
     -------
     matplotlib.axes.Axes
     """
+    return _plot_curve("det", y_true, y_score, ax, label, kwargs)
+
+
+def _plot_curve(
+    kind: str, y_true: Any, y_score: Any, ax: Any, label: str | None, kwargs: dict[str, Any]
+) -> Any:
+    """Validate the scores, then draw their ROC (``kind="roc"``) or DET curve."""
     op = operating_points(*check_binary_scores(y_true, y_score))
-    ax = axes_or_new(ax, "plot a DET curve")
-    fnr = (op.n_pos - op.tps) / op.n_pos
+    ax = axes_or_new(ax, f"plot a {kind.upper()} curve")
     eer = eer_from_points(op)[0]
+    if kind == "roc":
+        return draw_roc(ax, op.fpr, op.tpr, eer, op.n_neg, label, **kwargs)
+    fnr = (op.n_pos - op.tps) / op.n_pos
     return draw_det(ax, op.fpr, fnr, eer, op.n_neg, op.n_pos, label, **kwargs)
 
 

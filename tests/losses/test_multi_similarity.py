@@ -4,48 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import assert_matches_peer, batch_factory, pml_distances, pml_losses, pml_miners
 from hypothesis import given
 from hypothesis import strategies as st
 
 from metricface.losses import MultiSimilarityLoss
 from metricface.miners import MultiSimilarityMiner
 
-pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=30, dim=10, classes=5, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(
-        0, classes, (n,), generator=g
-    )
-
-
-def _value_and_grad(fn, x, *args, **kwargs):
-    x = x.clone().requires_grad_(True)
-    loss = fn(x, *args, **kwargs)
-    loss.backward()
-    return loss.detach(), x.grad
+_batch = batch_factory(30, 10, 5, torch.float64)
 
 
 @pytest.mark.parametrize("params", [{}, {"alpha": 1.0, "beta": 10.0, "base": 0.2}])
 def test_labels_only_matches_pml(params):
     x, y = _batch()
-    lo, go = _value_and_grad(MultiSimilarityLoss(**params), x, y)
-    lp, gp = _value_and_grad(pml_losses.MultiSimilarityLoss(**params), x, y)
-    torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+    assert_matches_peer(
+        MultiSimilarityLoss(**params), pml_losses.MultiSimilarityLoss(**params), x, y, tight=True
+    )
 
 
 def test_euclidean_matches_pml_lp_distance():
     x, y = _batch(seed=1)
     ours = MultiSimilarityLoss(base=1.0, distance="euclidean")
     peer = pml_losses.MultiSimilarityLoss(base=1.0, distance=pml_distances.LpDistance())
-    lo, go = _value_and_grad(ours, x, y)
-    lp, gp = _value_and_grad(peer, x, y)
-    torch.testing.assert_close(lo, lp)
-    torch.testing.assert_close(go, gp)
+    assert_matches_peer(ours, peer, x, y)
 
 
 def test_index_tuples_match_pml_both_directions():
@@ -56,19 +37,17 @@ def test_index_tuples_match_pml_both_directions():
         pml_miners.BatchHardMiner()(x, y),  # triplets become pairs
     ]
     for t in tuples:
-        lo, go = _value_and_grad(MultiSimilarityLoss(), x, y, indices_tuple=t)
-        lp, gp = _value_and_grad(pml_losses.MultiSimilarityLoss(), x, y, indices_tuple=t)
-        torch.testing.assert_close(lo, lp)
-        torch.testing.assert_close(go, gp)
+        assert_matches_peer(
+            MultiSimilarityLoss(), pml_losses.MultiSimilarityLoss(), x, y, indices_tuple=t
+        )
 
 
 def test_ref_emb_matches_pml():
     x, y = _batch(10, seed=3)
     r, ry = _batch(20, seed=4)
-    lo, go = _value_and_grad(MultiSimilarityLoss(), x, y, ref_emb=r, ref_labels=ry)
-    lp, gp = _value_and_grad(pml_losses.MultiSimilarityLoss(), x, y, ref_emb=r, ref_labels=ry)
-    torch.testing.assert_close(lo, lp)
-    torch.testing.assert_close(go, gp)
+    assert_matches_peer(
+        MultiSimilarityLoss(), pml_losses.MultiSimilarityLoss(), x, y, ref_emb=r, ref_labels=ry
+    )
 
 
 @given(

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import assert_matches_peer, batch_factory, peer_distance, pml_losses, pml_miners
 from hypothesis import given
 from hypothesis import strategies as st
 
 from metricface.losses import ContrastiveLoss
 from metricface.miners import PairMarginMiner, TripletMarginMiner
 
-pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=30, dim=10, classes=5, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(
-        0, classes, (n,), generator=g
-    )
-
-
-def _value_and_grad(fn, x, *args, **kwargs):
-    x = x.clone().requires_grad_(True)
-    loss = fn(x, *args, **kwargs)
-    loss.backward()
-    return loss.detach(), x.grad
+_batch = batch_factory(30, 10, 5, torch.float64)
 
 
 CASES = [
@@ -44,17 +29,14 @@ CASES = [
 
 
 def _peer(distance="euclidean", **kwargs):
-    dist = pml_distances.CosineSimilarity() if distance == "cosine" else None
+    dist = peer_distance(distance)
     return pml_losses.ContrastiveLoss(distance=dist, **kwargs)
 
 
 @pytest.mark.parametrize(("ours_kw", "peer_kw"), CASES)
 def test_labels_only_matches_pml(ours_kw, peer_kw):
     x, y = _batch()
-    lo, go = _value_and_grad(ContrastiveLoss(**ours_kw), x, y)
-    lp, gp = _value_and_grad(_peer(**peer_kw), x, y)
-    torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+    assert_matches_peer(ContrastiveLoss(**ours_kw), _peer(**peer_kw), x, y, tight=True)
 
 
 def test_index_tuples_match_pml_both_directions():
@@ -67,19 +49,15 @@ def test_index_tuples_match_pml_both_directions():
         pml_miners.MultiSimilarityMiner()(x, y),
     ]
     for t in tuples:
-        lo, go = _value_and_grad(ours, x, y, indices_tuple=t)
-        lp, gp = _value_and_grad(peer, x, y, indices_tuple=t)
-        torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+        assert_matches_peer(ours, peer, x, y, indices_tuple=t, tight=True)
 
 
 def test_ref_emb_matches_pml():
     x, y = _batch(12, seed=2)
     r, ry = _batch(25, seed=3)
-    lo, go = _value_and_grad(ContrastiveLoss(), x, y, ref_emb=r, ref_labels=ry)
-    lp, gp = _value_and_grad(pml_losses.ContrastiveLoss(), x, y, ref_emb=r, ref_labels=ry)
-    torch.testing.assert_close(lo, lp)
-    torch.testing.assert_close(go, gp)
+    assert_matches_peer(
+        ContrastiveLoss(), pml_losses.ContrastiveLoss(), x, y, ref_emb=r, ref_labels=ry
+    )
 
 
 @given(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import assert_matches_peer, batch_factory, peer_distance, pml_losses, pml_miners
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -11,27 +12,11 @@ from metricface.losses import TripletMarginLoss
 from metricface.losses import triplet as triplet_module
 from metricface.miners import BatchHardMiner, TripletMarginMiner
 
-pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=36, dim=12, classes=6, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=dtype)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return x, y
-
-
-def _value_and_grad(fn, x, *args, **kwargs):
-    x = x.clone().requires_grad_(True)
-    loss = fn(x, *args, **kwargs)
-    loss.backward()
-    return loss.detach(), x.grad
+_batch = batch_factory(36, 12, 6, torch.float64)
 
 
 def _peer(distance="euclidean", **kwargs):
-    dist = pml_distances.CosineSimilarity() if distance == "cosine" else None
+    dist = peer_distance(distance)
     return pml_losses.TripletMarginLoss(distance=dist, **kwargs)
 
 
@@ -80,10 +65,7 @@ def all_triplet_path(request, monkeypatch):
 def test_labels_only_matches_pml(distance, kwargs):
     x, y = _batch()
     ours = TripletMarginLoss(distance=distance, chunk_elements=400, **kwargs)
-    lo, go = _value_and_grad(ours, x, y)
-    lp, gp = _value_and_grad(_peer(distance, **kwargs), x, y)
-    torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+    assert_matches_peer(ours, _peer(distance, **kwargs), x, y, tight=True)
 
 
 def test_same_index_tuples_match_pml_both_directions():
@@ -95,10 +77,7 @@ def test_same_index_tuples_match_pml_both_directions():
         pml_miners.MultiSimilarityMiner()(x, y),  # pairs: converted to triplets per anchor
     ]
     for t in tuples:
-        lo, go = _value_and_grad(ours, x, y, indices_tuple=t)
-        lp, gp = _value_and_grad(peer, x, y, indices_tuple=t)
-        torch.testing.assert_close(lo, lp, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(go, gp, rtol=1e-8, atol=1e-12)
+        assert_matches_peer(ours, peer, x, y, indices_tuple=t, tight=True)
     # labels are optional with an indices tuple
     t = TripletMarginMiner(0.2)(x, y)
     torch.testing.assert_close(ours(x, indices_tuple=t), peer(x, y, indices_tuple=t))
@@ -109,10 +88,7 @@ def test_ref_emb_matches_pml():
     x, y = _batch(20, seed=2)
     r, ry = _batch(30, seed=3)
     ours, peer = TripletMarginLoss(margin=0.2), pml_losses.TripletMarginLoss(margin=0.2)
-    lo, go = _value_and_grad(ours, x, y, ref_emb=r, ref_labels=ry)
-    lp, gp = _value_and_grad(peer, x, y, ref_emb=r, ref_labels=ry)
-    torch.testing.assert_close(lo, lp)
-    torch.testing.assert_close(go, gp)
+    lo = assert_matches_peer(ours, peer, x, y, ref_emb=r, ref_labels=ry)
     ref = _brute_force(x, y, 0.2, ref=r, ref_y=ry)
     torch.testing.assert_close(lo, ref)
 

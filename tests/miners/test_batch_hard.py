@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import batch_factory, peer_distance, pml_miners
 from hypothesis import given
 from hypothesis import strategies as st
 
 from metricface.miners import BatchHardMiner
 
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=40, dim=8, classes=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g), torch.randint(0, classes, (n,), generator=g)
+_batch = batch_factory(40, 8, 6)
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_matches_pml(distance):
     x, y = _batch()
     y[0] = 99  # an anchor without a positive is skipped
-    peer_dist = pml_distances.CosineSimilarity() if distance == "cosine" else None
+    peer_dist = peer_distance(distance)
     got = BatchHardMiner(distance=distance)(x, y)
     expected = pml_miners.BatchHardMiner(distance=peer_dist)(x, y)
     for g, e in zip(got, expected):

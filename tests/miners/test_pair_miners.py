@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import batch_factory, peer_distance, pml_losses, pml_miners
 
 from metricface.losses import ContrastiveLoss, MultiSimilarityLoss
 from metricface.miners import MultiSimilarityMiner, PairMarginMiner
 
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=40, dim=8, classes=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g), torch.randint(0, classes, (n,), generator=g)
+_batch = batch_factory(40, 8, 6)
 
 
 def _pair_sets(t):
     a1, p, a2, n = (u.tolist() for u in t)
     return set(zip(a1, p)), set(zip(a2, n)), len(a1), len(a2)
-
-
-def _peer_distance(distance):
-    return {"cosine": pml_distances.CosineSimilarity(), "euclidean": pml_distances.LpDistance()}[
-        distance
-    ]
 
 
 @pytest.mark.parametrize(
@@ -35,9 +23,9 @@ def _peer_distance(distance):
 def test_pair_margin_matches_pml(distance, pos_margin, neg_margin):
     x, y = _batch()
     got = PairMarginMiner(pos_margin, neg_margin, distance=distance)(x, y)
-    expected = pml_miners.PairMarginMiner(
-        pos_margin, neg_margin, distance=_peer_distance(distance)
-    )(x, y)
+    expected = pml_miners.PairMarginMiner(pos_margin, neg_margin, distance=peer_distance(distance))(
+        x, y
+    )
     assert _pair_sets(got) == _pair_sets(expected)
     assert _pair_sets(got)[2] > 0 and _pair_sets(got)[3] > 0
 
@@ -46,7 +34,7 @@ def test_pair_margin_matches_pml(distance, pos_margin, neg_margin):
 def test_multi_similarity_matches_pml(distance, epsilon):
     x, y = _batch(seed=1)
     got = MultiSimilarityMiner(epsilon, distance=distance)(x, y)
-    expected = pml_miners.MultiSimilarityMiner(epsilon, distance=_peer_distance(distance))(x, y)
+    expected = pml_miners.MultiSimilarityMiner(epsilon, distance=peer_distance(distance))(x, y)
     assert _pair_sets(got) == _pair_sets(expected)
     assert _pair_sets(got)[2] > 0
 

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pml import batch_factory, peer_distance, pml_losses, pml_miners
 
 from metricface.losses import TripletMarginLoss
 from metricface.miners import BatchAllMiner, TripletMarginMiner
 
-pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
-pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
-
-
-def _batch(n=40, dim=8, classes=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g), torch.randint(0, classes, (n,), generator=g)
-
-
-def _peer_distance(distance):
-    return pml_distances.CosineSimilarity() if distance == "cosine" else None
+_batch = batch_factory(40, 8, 6)
 
 
 @pytest.mark.parametrize("kind", ["all", "hard", "semihard", "easy"])
@@ -30,7 +20,7 @@ def test_same_triplets_in_same_order_as_pml(kind, distance, chunk_elements):
     margin = 0.2 if distance == "euclidean" else 0.1
     ours = TripletMarginMiner(margin, kind, distance=distance, chunk_elements=chunk_elements)
     peer = pml_miners.TripletMarginMiner(
-        margin, type_of_triplets=kind, distance=_peer_distance(distance)
+        margin, type_of_triplets=kind, distance=peer_distance(distance)
     )
     got, expected = ours(x, y), peer(x, y)
     assert len(got) == 3 and got[0].numel() > 0

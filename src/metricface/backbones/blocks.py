@@ -13,7 +13,7 @@ and no ``downsample`` module is given, it builds the usual projection shortcut: 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -81,31 +81,16 @@ def init_weights(model: nn.Module, *, zero_init_residual: bool = False) -> None:
                 nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in model.modules():
-            if isinstance(m, _BLOCKS):
+            if isinstance(m, _ResidualBlock):
                 m.zero_init_last()
 
 
-def _check_block_args(inplanes: int, planes: int, stride: int, se_reduction: int | None) -> None:
-    check_scalar(inplanes, "inplanes", low=1, integer=True)
-    check_scalar(planes, "planes", low=1, integer=True)
-    check_scalar(stride, "stride", low=1, integer=True)
-    if se_reduction is not None:
-        check_scalar(se_reduction, "se_reduction", low=1, integer=True)
-
-
-def _projection(
-    inplanes: int, outplanes: int, stride: int, norm_layer: NormLayer, downsample: nn.Module | None
-) -> nn.Module | None:
-    """The shortcut a block needs: ``downsample`` if given, else a projection when shapes change."""
-    if downsample is not None:
-        return downsample
-    if stride != 1 or inplanes != outplanes:
-        return nn.Sequential(conv1x1(inplanes, outplanes, stride), norm_layer(outplanes))
-    return None
-
-
-def _se(channels: int, se_reduction: int | None) -> nn.Module | None:
-    return None if se_reduction is None else SEModule(channels, se_reduction)
+def _check_stage_depths(layers: Sequence[int]) -> None:
+    """Check a network's ``layers`` argument: four block counts, each a positive integer."""
+    if len(layers) != 4:
+        raise ValueError(f"layers must hold 4 block counts, got {list(layers)}")
+    for i, n in enumerate(layers):
+        check_scalar(n, f"layers[{i}]", low=1, integer=True)
 
 
 class SEModule(nn.Module):
@@ -141,7 +126,84 @@ class SEModule(nn.Module):
         return x * gate
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What every block below shares: argument checks, the SE module, the shortcut, the addition.
+
+    A subclass sets ``expansion`` and ``preactivation``, creates its residual branch in
+    ``_build_branch`` and evaluates it in ``_branch``. The SE module and the shortcut are created
+    after the branch, so sub-module names, their order and the seeded initialisation match
+    torchvision's and InsightFace's blocks.
+    """
+
+    expansion: int = 1
+    preactivation: bool = False
+    _relu_after_add: bool = False
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        *,
+        norm_layer: Optional[NormLayer] = None,
+        se_reduction: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        check_scalar(inplanes, "inplanes", low=1, integer=True)
+        check_scalar(planes, "planes", low=1, integer=True)
+        check_scalar(stride, "stride", low=1, integer=True)
+        if se_reduction is not None:
+            check_scalar(se_reduction, "se_reduction", low=1, integer=True)
+        norm_layer = norm_layer or nn.BatchNorm2d
+        outplanes = planes * self.expansion
+        self._build_branch(inplanes, planes, stride, norm_layer)
+        self.se = None if se_reduction is None else SEModule(outplanes, se_reduction)
+        if downsample is None and (stride != 1 or inplanes != outplanes):
+            downsample = self._projection(inplanes, outplanes, stride, norm_layer)
+        self.downsample = downsample
+        self.stride = stride
+
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _projection(
+        self, inplanes: int, outplanes: int, stride: int, norm_layer: NormLayer
+    ) -> nn.Module:
+        """The default shortcut when shapes change: a strided 1x1 convolution and a norm layer."""
+        return nn.Sequential(conv1x1(inplanes, outplanes, stride), norm_layer(outplanes))
+
+    def _merge(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        if self.se is not None:
+            out = self.se(out)
+        out = out + identity
+        return self.relu(out) if self._relu_after_add else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self._merge(self._branch(x), identity)
+
+
+class _PreActBlock(_ResidualBlock):
+    """Pre-activation blocks: ``bn1`` + ReLU feed both the branch and a bare 1x1 projection."""
+
+    preactivation: bool = True
+
+    def _projection(
+        self, inplanes: int, outplanes: int, stride: int, norm_layer: NormLayer
+    ) -> nn.Module:
+        return conv1x1(inplanes, outplanes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(pre)
+        return self._merge(self._branch(pre), identity)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34).
 
     ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the stride sits on ``conv1``.
@@ -166,44 +228,25 @@ class BasicBlock(nn.Module):
     """
 
     expansion: int = 1
-    preactivation: bool = False
+    _relu_after_add: bool = True
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        *,
-        norm_layer: Optional[NormLayer] = None,
-        se_reduction: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        _check_block_args(inplanes, planes, stride, se_reduction)
-        norm_layer = norm_layer or nn.BatchNorm2d
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
-        self.se = _se(planes, se_reduction)
-        self.downsample = _projection(inplanes, planes, stride, norm_layer, downsample)
-        self.stride = stride
 
     def zero_init_last(self) -> None:
         """Zero the last norm's weight so the block starts as the identity (Goyal et al., 2017)."""
         nn.init.zeros_(self.bn2.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand (x4) with a residual connection (ResNet-50/101/152).
 
     The stride sits on the 3x3 convolution (``conv2``), the "ResNet v1.5" layout torchvision
@@ -228,48 +271,28 @@ class Bottleneck(nn.Module):
     """
 
     expansion: int = 4
-    preactivation: bool = False
+    _relu_after_add: bool = True
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        *,
-        norm_layer: Optional[NormLayer] = None,
-        se_reduction: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        _check_block_args(inplanes, planes, stride, se_reduction)
-        norm_layer = norm_layer or nn.BatchNorm2d
-        outplanes = planes * self.expansion
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn2 = norm_layer(planes)
-        self.conv3 = conv1x1(planes, outplanes)
-        self.bn3 = norm_layer(outplanes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.se = _se(outplanes, se_reduction)
-        self.downsample = _projection(inplanes, outplanes, stride, norm_layer, downsample)
-        self.stride = stride
 
     def zero_init_last(self) -> None:
         """Zero the last norm's weight so the block starts as the identity (Goyal et al., 2017)."""
         nn.init.zeros_(self.bn3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_PreActBlock):
     """Pre-activation basic block (He et al., 2016, "Identity mappings"): norm and ReLU first.
 
     ``conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x)`` with nothing after the addition.
@@ -286,47 +309,24 @@ class PreActBasicBlock(nn.Module):
     """
 
     expansion: int = 1
-    preactivation: bool = True
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        *,
-        norm_layer: Optional[NormLayer] = None,
-        se_reduction: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        _check_block_args(inplanes, planes, stride, se_reduction)
-        norm_layer = norm_layer or nn.BatchNorm2d
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
         self.bn1 = norm_layer(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn2 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes)
-        self.se = _se(planes, se_reduction)
-        if downsample is None and (stride != 1 or inplanes != planes):
-            downsample = conv1x1(inplanes, planes, stride)
-        self.downsample = downsample
-        self.stride = stride
 
     def zero_init_last(self) -> None:
         """Zero the last convolution so the residual branch starts at zero."""
         nn.init.zeros_(self.conv2.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        identity = x if self.downsample is None else self.downsample(pre)
+    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
         out = self.conv1(pre)
-        out = self.conv2(self.relu(self.bn2(out)))
-        if self.se is not None:
-            out = self.se(out)
-        return out + identity
+        return self.conv2(self.relu(self.bn2(out)))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_PreActBlock):
     """Pre-activation bottleneck: ``bn-relu-conv1x1, bn-relu-conv3x3(stride), bn-relu-conv1x1``.
 
     Outputs ``4 * planes`` channels; the projection shortcut (a bare strided 1x1 convolution)
@@ -341,51 +341,27 @@ class PreActBottleneck(nn.Module):
     """
 
     expansion: int = 4
-    preactivation: bool = True
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        *,
-        norm_layer: Optional[NormLayer] = None,
-        se_reduction: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        _check_block_args(inplanes, planes, stride, se_reduction)
-        norm_layer = norm_layer or nn.BatchNorm2d
-        outplanes = planes * self.expansion
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
         self.bn1 = norm_layer(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = conv1x1(inplanes, planes)
         self.bn2 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn3 = norm_layer(planes)
-        self.conv3 = conv1x1(planes, outplanes)
-        self.se = _se(outplanes, se_reduction)
-        if downsample is None and (stride != 1 or inplanes != outplanes):
-            downsample = conv1x1(inplanes, outplanes, stride)
-        self.downsample = downsample
-        self.stride = stride
+        self.conv3 = conv1x1(planes, planes * self.expansion)
 
     def zero_init_last(self) -> None:
         """Zero the last convolution so the residual branch starts at zero."""
         nn.init.zeros_(self.conv3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        identity = x if self.downsample is None else self.downsample(pre)
+    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
-        if self.se is not None:
-            out = self.se(out)
-        return out + identity
+        return self.conv3(self.relu(self.bn3(out)))
 
 
-class IRBlock(nn.Module):
+class IRBlock(_ResidualBlock):
     """The "improved residual" block of face-recognition ResNets (ArcFace, Deng et al., 2019).
 
     ``bn3(conv2(prelu(bn2(conv1(bn1(x)))))) + shortcut(x)``: a batch norm before the first
@@ -413,42 +389,19 @@ class IRBlock(nn.Module):
     """
 
     expansion: int = 1
-    preactivation: bool = False
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        *,
-        norm_layer: Optional[NormLayer] = None,
-        se_reduction: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        _check_block_args(inplanes, planes, stride, se_reduction)
-        norm_layer = norm_layer or nn.BatchNorm2d
+    def _build_branch(self, inplanes: int, planes: int, stride: int, norm_layer: NormLayer) -> None:
         self.bn1 = norm_layer(inplanes)
         self.conv1 = conv3x3(inplanes, planes)
         self.bn2 = norm_layer(planes)
         self.prelu = nn.PReLU(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn3 = norm_layer(planes)
-        self.se = _se(planes, se_reduction)
-        self.downsample = _projection(inplanes, planes, stride, norm_layer, downsample)
-        self.stride = stride
 
     def zero_init_last(self) -> None:
         """Zero the last norm's weight so the block starts as the identity."""
         nn.init.zeros_(self.bn3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.prelu(self.bn2(self.conv1(self.bn1(x))))
-        out = self.bn3(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
-        return out + identity
-
-
-_BLOCKS = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, IRBlock)
+        return self.bn3(self.conv2(out))

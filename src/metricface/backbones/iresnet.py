@@ -33,7 +33,13 @@ import torch
 from torch import nn
 
 from metricface._validation import check_scalar
-from metricface.backbones.blocks import IRBlock, NormLayer, conv3x3, init_weights
+from metricface.backbones.blocks import (
+    IRBlock,
+    NormLayer,
+    _check_stage_depths,
+    conv3x3,
+    init_weights,
+)
 from metricface.backbones.head import L2Norm
 
 __all__ = ["IResNet", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"]
@@ -95,10 +101,7 @@ class IResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if len(layers) != 4:
-            raise ValueError(f"layers must hold 4 block counts, got {list(layers)}")
-        for i, n in enumerate(layers):
-            check_scalar(n, f"layers[{i}]", low=1, integer=True)
+        _check_stage_depths(layers)
         check_scalar(embedding_dim, "embedding_dim", low=1, integer=True)
         check_scalar(dropout, "dropout", low=0.0, high=1.0, high_inclusive=False)
         check_scalar(width, "width", low=0.0, low_inclusive=False)

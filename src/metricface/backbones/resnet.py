@@ -27,6 +27,7 @@ from metricface.backbones.blocks import (
     NormLayer,
     PreActBasicBlock,
     PreActBottleneck,
+    _check_stage_depths,
     conv3x3,
     init_weights,
 )
@@ -93,10 +94,7 @@ class ResNet(nn.Module):
         super().__init__()
         if not (isinstance(block, type) and issubclass(block, nn.Module)):
             raise TypeError(f"block must be an nn.Module subclass, got {block!r}")
-        if len(layers) != 4:
-            raise ValueError(f"layers must hold 4 block counts, got {list(layers)}")
-        for i, n in enumerate(layers):
-            check_scalar(n, f"layers[{i}]", low=1, integer=True)
+        _check_stage_depths(layers)
         check_scalar(num_classes, "num_classes", low=0, integer=True)
         check_scalar(in_channels, "in_channels", low=1, integer=True)
         check_scalar(dropout, "dropout", low=0.0, high=1.0, high_inclusive=False)

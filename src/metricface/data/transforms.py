@@ -45,6 +45,17 @@ def _check(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None
         raise ValueError(f"std must be positive, got {std!r}")
 
 
+def _resize(image_size: int) -> v2.Transform:
+    return v2.Resize((image_size, image_size), antialias=True)
+
+
+def _compose(steps: list[v2.Transform], mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """``steps``, then conversion to float32 in ``[0, 1]`` and per-channel normalisation."""
+    return v2.Compose(
+        [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    )
+
+
 def eval_transform(
     image_size: int = 112,
     *,
@@ -68,14 +79,7 @@ def eval_transform(
         ``image -> (3, image_size, image_size)`` float32 tensor.
     """
     _check(image_size, mean, std)
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    return _compose([v2.ToImage(), _resize(image_size)], mean, std)
 
 
 def train_transform(
@@ -122,10 +126,9 @@ def train_transform(
             )
         )
     else:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps.append(_resize(image_size))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:
         steps.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return _compose(steps, mean, std)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metricface._validation import check_embeddings, check_labels
+from metricface._validation import check_embeddings, check_labels, check_reference_set
 from metricface.distances import check_distance, pairwise_matrix
 from metricface.miners._tuples import check_indices_tuple, label_masks
 
@@ -63,21 +63,8 @@ class TupleLoss(nn.Module):
         if labels is not None:
             check_labels(labels, n_query)
             labels = labels.to(embeddings.device)
-        if ref_emb is None:
-            if ref_labels is not None:
-                raise ValueError("ref_labels was given without ref_emb; pass both or neither")
-            n_ref = n_query
-        else:
-            check_embeddings(ref_emb, "ref_emb")
-            if ref_emb.shape[1] != embeddings.shape[1]:
-                raise ValueError(
-                    f"ref_emb must have the embedding dimension of embeddings "
-                    f"({embeddings.shape[1]}), got {ref_emb.shape[1]}"
-                )
-            n_ref = ref_emb.shape[0]
-            if ref_labels is not None:
-                check_labels(ref_labels, n_ref, name="ref_labels")
-                ref_labels = ref_labels.to(embeddings.device)
+        ref_labels = check_reference_set(embeddings, ref_emb, ref_labels)
+        n_ref = n_query if ref_emb is None else ref_emb.shape[0]
         if indices_tuple is None:
             if labels is None:
                 raise ValueError("labels or indices_tuple is required, got neither")

@@ -97,6 +97,15 @@ def _target_cosine(unit_x: torch.Tensor, weight: torch.Tensor, local_labels: tor
 
 
 class _ChunkedMarginCE(torch.autograd.Function):
+    """The loss of the *global* batch when ``weight`` is this rank's shard of the classes.
+
+    Arguments: ``(embeddings, weight, local_labels, margin, scale, chunk_size, reduction,
+    group)``. ``local_labels`` index rows of ``weight`` or are ``-1`` where another rank holds
+    the target class. Every rank returns the same loss; the embeddings' gradient is this
+    shard's contribution only (an all-gather's backward sums them). With ``group=None`` and
+    the full ``weight`` this is the single-process loss. No input validation: callers do it.
+    """
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
@@ -215,6 +224,10 @@ class _ChunkedMarginCE(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None, None, None
 
 
+# the entry point of the sharded (Partial FC) loss, which validates its inputs itself
+_margin_cross_entropy_shard = _ChunkedMarginCE.apply
+
+
 def _check_common(
     embeddings: torch.Tensor, weight: torch.Tensor, margin: object, scale: float, reduction: str
 ) -> None:
@@ -311,25 +324,4 @@ def chunked_margin_cross_entropy(
     labels = labels.to(device=embeddings.device, dtype=torch.long)
     return _ChunkedMarginCE.apply(
         embeddings, weight, labels, margin, float(scale), int(chunk_size), reduction, None
-    )
-
-
-def _margin_cross_entropy_shard(
-    embeddings: torch.Tensor,
-    weight: torch.Tensor,
-    local_labels: torch.Tensor,
-    margin: _MarginFn,
-    scale: float,
-    chunk_size: int,
-    reduction: str,
-    group,
-) -> torch.Tensor:
-    """The loss of the *global* batch when ``weight`` is this rank's shard of the classes.
-
-    ``local_labels`` index rows of ``weight`` or are ``-1`` where another rank holds the
-    target class. Every rank returns the same loss; the embeddings' gradient is this shard's
-    contribution only (an all-gather's backward sums them). No input validation: callers do it.
-    """
-    return _ChunkedMarginCE.apply(
-        embeddings, weight, local_labels, margin, scale, chunk_size, reduction, group
     )

@@ -19,7 +19,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface._validation import (
+    check_embeddings,
+    check_labels,
+    check_reference_set,
+    check_scalar,
+)
 from metricface.distances import check_distance, pairwise_matrix
 from metricface.miners._tuples import empty_tuple, label_masks
 
@@ -90,20 +95,9 @@ class BaseMiner(nn.Module):
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         labels = labels.to(embeddings.device)
-        if ref_emb is None:
-            if ref_labels is not None:
-                raise ValueError("ref_labels was given without ref_emb; pass both or neither")
-        else:
-            check_embeddings(ref_emb, "ref_emb")
-            if ref_emb.shape[1] != embeddings.shape[1]:
-                raise ValueError(
-                    f"ref_emb must have the embedding dimension of embeddings "
-                    f"({embeddings.shape[1]}), got {ref_emb.shape[1]}"
-                )
-            if ref_labels is None:
-                raise ValueError("ref_labels is required when ref_emb is given")
-            check_labels(ref_labels, ref_emb.shape[0], name="ref_labels")
-            ref_labels = ref_labels.to(embeddings.device)
+        ref_labels = check_reference_set(embeddings, ref_emb, ref_labels)
+        if ref_emb is not None and ref_labels is None:
+            raise ValueError("ref_labels is required when ref_emb is given")
         with torch.no_grad():
             mat = pairwise_matrix(embeddings, ref_emb, self.distance)
             dis = -mat if self.distance == "cosine" else mat
@@ -186,3 +180,29 @@ class BaseMiner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"distance={self.distance!r}, max_triplets={self.max_triplets}"
+
+
+class _MarginTripletMiner(BaseMiner):
+    """A triplet miner with a ``margin`` (checked, stored and shown in the repr).
+
+    ``_positive_margin = True`` makes a margin ``<= 0`` an error.
+    """
+
+    _positive_margin: bool = False
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        distance: str = "euclidean",
+        max_triplets: int | None = None,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__(distance, max_triplets, chunk_elements)
+        if self._positive_margin:
+            check_scalar(margin, "margin", low=0, low_inclusive=False)
+        else:
+            check_scalar(margin, "margin")
+        self.margin = float(margin)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, " + super().extra_repr()

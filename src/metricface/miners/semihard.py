@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from metricface._validation import check_scalar
-from metricface.miners.base import DEFAULT_CHUNK_ELEMENTS, BaseMiner
+from metricface.miners.base import _MarginTripletMiner
 
 __all__ = ["SemiHardMiner"]
 
 
-class SemiHardMiner(BaseMiner):
+class SemiHardMiner(_MarginTripletMiner):
     """For every positive pair, the nearest negative that is farther than the positive.
 
     FaceNet's selection: for each anchor-positive pair ``(a, p)`` the negative ``n`` minimises
@@ -27,16 +26,7 @@ class SemiHardMiner(BaseMiner):
         See :class:`~metricface.miners.base.BaseMiner`.
     """
 
-    def __init__(
-        self,
-        margin: float = 0.2,
-        distance: str = "euclidean",
-        max_triplets: int | None = None,
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    ) -> None:
-        super().__init__(distance, max_triplets, chunk_elements)
-        check_scalar(margin, "margin", low=0, low_inclusive=False)
-        self.margin = float(margin)
+    _positive_margin = True
 
     def mine(self, dis, pos, neg):
         out_a, out_p, out_n = [], [], []
@@ -54,6 +44,3 @@ class SemiHardMiner(BaseMiner):
             empty = torch.empty(0, dtype=torch.long, device=dis.device)
             return empty, empty.clone(), empty.clone()
         return self._cap((torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)))
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, " + super().extra_repr()

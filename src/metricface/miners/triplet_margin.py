@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from metricface._validation import check_scalar
-from metricface.miners.base import DEFAULT_CHUNK_ELEMENTS, BaseMiner
+from metricface.miners.base import DEFAULT_CHUNK_ELEMENTS, BaseMiner, _MarginTripletMiner
 
 __all__ = ["BatchAllMiner", "TripletMarginMiner"]
 
 TYPES = ("all", "hard", "semihard", "easy")
 
 
-class TripletMarginMiner(BaseMiner):
+class TripletMarginMiner(_MarginTripletMiner):
     """Triplets selected by their margin, as pytorch-metric-learning's ``TripletMarginMiner``.
 
     With ``m = D(a, n) - D(a, p)``:
@@ -56,11 +55,9 @@ class TripletMarginMiner(BaseMiner):
         max_triplets: int | None = None,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
-        super().__init__(distance, max_triplets, chunk_elements)
-        check_scalar(margin, "margin")
+        super().__init__(margin, distance, max_triplets, chunk_elements)
         if type_of_triplets not in TYPES:
             raise ValueError(f"type_of_triplets must be one of {TYPES}, got {type_of_triplets!r}")
-        self.margin = float(margin)
         self.type_of_triplets = type_of_triplets
 
     def _keep(self, d_ap: torch.Tensor, d_an: torch.Tensor) -> torch.Tensor:
@@ -81,11 +78,11 @@ class TripletMarginMiner(BaseMiner):
     def extra_repr(self) -> str:
         return (
             f"margin={self.margin}, type_of_triplets={self.type_of_triplets!r}, "
-            + super().extra_repr()
+            + BaseMiner.extra_repr(self)
         )
 
 
-class BatchAllMiner(BaseMiner):
+class BatchAllMiner(_MarginTripletMiner):
     """Every triplet with a non-zero triplet loss ("batch all", Hermans et al. 2017).
 
     Keeps ``(a, p, n)`` when ``D(a, p) - D(a, n) + margin > 0``: exactly the triplets a
@@ -100,21 +97,7 @@ class BatchAllMiner(BaseMiner):
         See :class:`~metricface.miners.base.BaseMiner`.
     """
 
-    def __init__(
-        self,
-        margin: float = 0.2,
-        distance: str = "euclidean",
-        max_triplets: int | None = None,
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    ) -> None:
-        super().__init__(distance, max_triplets, chunk_elements)
-        check_scalar(margin, "margin")
-        self.margin = float(margin)
-
     def mine(self, dis, pos, neg):
         return self._enumerate_triplets(
             dis, pos, neg, lambda d_ap, d_an: d_ap - d_an + self.margin > 0
         )
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, " + super().extra_repr()
