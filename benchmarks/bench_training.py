@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, root: Path) -> list[Result]:
         persistent_workers=args.workers > 0,
     )
     trainer = Trainer(args, dataset.num_classes, device)
-    depth = max(1, 2 * args.workers)  # batches the loader prefetches (prefetch_factor 2)
+    depth = 2 * args.workers  # batches the loader prefetches (prefetch_factor 2)
 
     fixed = next(iter(loader))
     fixed = (fixed[0].to(device), fixed[1].to(device))
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, root: Path) -> list[Result]:
                 # a fresh epoch iterator (persistent workers, empty queue), run until the
                 # pipeline is in motion; at most `depth` batches are then queued ahead
                 batches = forever(loader)
-                for _ in range(depth):
+                for _ in range(max(1, depth)):
                     fn()
             rate, peak = timed(fn, args.steps, args.batch_size, device)
             rates[case].append(rate)
@@ -258,11 +258,13 @@ def main(argv=None) -> list[Result]:
             root = Path(args.root)
         results = run(args, root)
     print_table(results)
-    depth = max(1, 2 * args.workers)
-    print(
-        f"\nloader cases: up to {depth} prefetched batches may be ready when timing starts, so "
-        f"their images/s may be high by up to {depth / args.steps:.0%} (raise --steps to shrink)"
-    )
+    depth = 2 * args.workers
+    if depth:
+        print(
+            f"\nloader cases: up to {depth} prefetched batches may be ready when timing starts, "
+            f"so their images/s may be high by up to {depth / args.steps:.0%} "
+            "(raise --steps to shrink)"
+        )
     return results
 
 
