@@ -87,3 +87,36 @@ def test_pair_loss_with_identity_sampler(tmp_path):
         str(tmp_path),
     )
     assert "trained EER" in stdout
+
+
+@pytest.mark.slow
+def test_pairs_example_tiny_run_writes_log_report_and_plots(tmp_path):
+    stdout = _run(
+        "train_pairs.py",
+        "--tiny",
+        "--arcface-weight",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
+    )
+    assert "raw-pixel baseline EER" in stdout and "trained EER" in stdout
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0] == "epoch,loss,lr,eer,auc" and len(rows) == 3
+    for row in rows[1:]:
+        loss, eer = float(row.split(",")[1]), float(row.split(",")[3])
+        assert loss > 0 and 0 <= eer <= 1
+    assert "EER" in (tmp_path / "report.txt").read_text()
+    for name in ("roc.png", "embeddings.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_two_stage_example_tiny_run_reports_both_stages(tmp_path):
+    stdout = _run("train_two_stage.py", "--tiny", "--optimizer", "adamw", "--output", str(tmp_path))
+    assert "after stage 1" in stdout and "after stage 2" in stdout
+    stages = [r.split(",")[0] for r in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    assert stages == ["1", "1", "2"]
+    report = (tmp_path / "report.txt").read_text()
+    accs = [float(line.split()[-1]) for line in report.splitlines() if line.startswith("after")]
+    assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
