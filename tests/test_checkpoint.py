@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import os
 import pickle
 import random
@@ -10,6 +12,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from metricface.checkpoint import (
@@ -207,3 +211,52 @@ def test_errors(tmp_path):
     save_checkpoint(tmp_path / "c.pt", model=model, epoch=0, step=0)
     with pytest.raises(ValueError, match="holds no optimizer"):
         load_checkpoint(tmp_path / "c.pt", optimizer=opt)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.float64(0.9),
+        np.int64(3),
+        np.str_("x"),
+        collections.defaultdict(int, a=1),
+        collections.namedtuple("Pair", "a b")(1, 2),
+        enum.IntEnum("Mode", "A B").A,
+    ],
+    ids=["np.float64", "np.int64", "np.str_", "defaultdict", "namedtuple", "IntEnum"],
+)
+def test_subclasses_of_plain_types_are_rejected_before_writing(tmp_path, value):
+    """They pass isinstance checks but torch.load(weights_only=True) refuses them."""
+    with pytest.raises(TypeError, match=r"checkpoint\['extra'\]\['v'\]"):
+        save_checkpoint(
+            tmp_path / "c.pt", model=nn.Linear(2, 2), epoch=0, step=0, extra={"v": value}
+        )
+    assert not list(tmp_path.iterdir())
+
+
+@given(
+    extra=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.tuples(inner, inner)
+            | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_whatever_save_accepts_loads_with_weights_only(tmp_path, extra):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model=nn.Linear(2, 2), epoch=0, step=0, extra={"v": extra})
+    loaded = torch.load(path, weights_only=True)["extra"]["v"]
+    assert repr(loaded) == repr(extra)  # repr: NaN != NaN, but prints the same
+
+
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", model=nn.Linear(2, 2), epoch=0, step=0)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644

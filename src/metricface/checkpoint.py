@@ -26,6 +26,7 @@ import os
 import pickle
 import random
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state
 _FORMAT = "metricface.checkpoint"
 _VERSION = 1
 _PLAIN = (str, int, float, bool, type(None))
+_TORCH_VALUES = (torch.Size, torch.dtype, torch.device)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -113,27 +115,39 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would create: ``0o666`` minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _check_loadable(value: Any, where: str) -> None:
-    """Raise a TypeError naming the first value that ``weights_only`` loading would refuse."""
-    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN):
+    """Raise a TypeError naming the first value that ``weights_only`` loading would refuse.
+
+    Types are matched exactly: a subclass of an allowed type (``numpy.float64``, a namedtuple,
+    ``defaultdict``, an ``IntEnum``) is pickled as its own class and refused on load.
+    """
+    kind = type(value)
+    if isinstance(value, torch.Tensor) or kind in _PLAIN or kind in _TORCH_VALUES:
         return
-    if isinstance(value, dict):
+    if kind in (dict, OrderedDict):
         for k, v in value.items():
-            if not isinstance(k, (str, int, float, bool)):
+            if type(k) not in (str, int, float, bool):
                 raise TypeError(
                     f"{where} has a key of type {type(k).__name__}; checkpoint keys must be "
                     "str, int, float or bool"
                 )
             _check_loadable(v, f"{where}[{k!r}]")
         return
-    if isinstance(value, (list, tuple)):
+    if kind in (list, tuple):
         for i, v in enumerate(value):
             _check_loadable(v, f"{where}[{i}]")
         return
     raise TypeError(
-        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which "
+        f"{where} is a {kind.__module__}.{kind.__qualname__}, which "
         "torch.load(weights_only=True) refuses; store only tensors, numbers, strings, "
-        "None and dicts/lists/tuples of them"
+        "None and dicts/lists/tuples of them (convert e.g. numpy scalars with float() or int())"
     )
 
 
@@ -202,6 +216,7 @@ def save_checkpoint(
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would otherwise survive the rename
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
