@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metricface.losses import (
+    AdaFaceMargin,
     ArcFaceLoss,
     ArcFaceMargin,
     CosFaceLoss,
@@ -156,6 +157,10 @@ def test_sampling_invariants(num_classes, rate, labels, seed, dtype):
     loss.backward()
     assert loss.dtype == dtype and torch.isfinite(loss)
     assert torch.isfinite(x.grad).all() and torch.isfinite(loss_fn.weight.grad).all()
+    if dtype == torch.float16:  # a row of tiny norm: its gradient divisor is floored, not 1e-12
+        tiny = torch.full((1, 3), 1e-4, dtype=dtype, requires_grad=True)
+        PartialFCLoss(num_classes, 3, sample_rate=rate, chunk_size=7)(tiny, y[:1]).backward()
+        assert torch.isfinite(tiny.grad).all()
     positives = set(y.tolist())
     if rate == 1.0:
         assert loss_fn.last_sampled is None
@@ -268,6 +273,8 @@ def test_rejects_bad_input():
         PartialFCLoss(10.0, 4, margin=arcface_safe)
     with pytest.raises(TypeError, match="margin must be callable"):
         PartialFCLoss(10, 4, margin=0.5)
+    with pytest.raises(TypeError, match="needs the embedding norms"):
+        PartialFCLoss(10, 4, margin=AdaFaceMargin())
     with pytest.raises(ValueError, match="chunk_size must be in"):
         PartialFCLoss(10, 4, margin=arcface_safe, chunk_size=0)
 

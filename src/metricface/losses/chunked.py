@@ -30,6 +30,8 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface.losses._fused_margin import _grad_floor
+from metricface.losses.functional import AdaFaceMargin
 
 __all__ = ["chunked_margin_cross_entropy"]
 
@@ -45,11 +47,17 @@ def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x / norm, norm
 
 
-def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``x / max(||x||, eps)`` given the output gradient and the saved parts."""
+def _normalize_backward(
+    grad: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Gradient through ``x / max(||x||, eps)`` given the output gradient and the saved parts.
+
+    ``dtype`` is the input's: the divisor is floored so that the gradient, cast back to it,
+    stays finite (float16 rows of tiny norm would otherwise overflow to inf).
+    """
     radial = (grad * unit).sum(dim=1, keepdim=True)
     clamped = norm <= _EPS  # below eps the divisor is a constant and the map is linear
-    return torch.where(clamped, grad, grad - unit * radial) / norm
+    return torch.where(clamped, grad, grad - unit * radial) / norm.clamp_min(_grad_floor(dtype))
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -214,13 +222,15 @@ class _ChunkedMarginCE(torch.autograd.Function):
                     grad_unit_x.addmm_(grad_cos, unit_w)
                 if need_w:
                     grad_unit_w = grad_cos.T @ unit_x
-                    grad_w[start:stop] = _normalize_backward(grad_unit_w, unit_w, norm_w).to(
-                        grad_w.dtype
-                    )
+                    grad_w[start:stop] = _normalize_backward(
+                        grad_unit_w, unit_w, norm_w, grad_w.dtype
+                    ).to(grad_w.dtype)
                 del grad_cos
             grad_x = None
             if need_x:
-                grad_x = _normalize_backward(grad_unit_x, unit_x, norm_x).to(embeddings.dtype)
+                grad_x = _normalize_backward(grad_unit_x, unit_x, norm_x, embeddings.dtype).to(
+                    embeddings.dtype
+                )
         return grad_x, grad_w, None, None, None, None, None, None
 
 
@@ -243,11 +253,25 @@ def _check_common(
             f"weight and embeddings must be on the same device, got {weight.device} and "
             f"{embeddings.device}"
         )
-    if not callable(margin):
-        raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
+    _check_margin(margin)
     check_scalar(scale, "scale", low=0.0, low_inclusive=False)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_margin(margin: object) -> None:
+    """Raise a TypeError unless ``margin`` maps the target cosines alone to new target logits.
+
+    :class:`~metricface.losses.functional.AdaFaceMargin` also needs the embedding norms, which
+    the chunked and sharded paths do not pass; it is rejected here, before any compute.
+    """
+    if isinstance(margin, AdaFaceMargin):
+        raise TypeError(
+            "margin=AdaFaceMargin(...) needs the embedding norms, which the chunked and sharded "
+            "losses do not pass; use AdaFaceLoss instead"
+        )
+    if not callable(margin):
+        raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
 
 
 def chunked_margin_cross_entropy(

@@ -57,7 +57,7 @@ from torch import nn
 
 from metricface._validation import check_embeddings, check_labels, check_scalar
 from metricface.distributed import all_gather_with_grad
-from metricface.losses.chunked import _margin_cross_entropy_shard
+from metricface.losses.chunked import _check_margin, _margin_cross_entropy_shard
 from metricface.losses.functional import ArcFaceMargin
 
 __all__ = ["PartialFCLoss", "shard_range"]
@@ -178,8 +178,7 @@ class PartialFCLoss(nn.Module):
             check_scalar(chunk_size, "chunk_size", low=1, integer=True)
         if margin is None:
             margin = ArcFaceMargin(0.5)
-        if not callable(margin):
-            raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
+        _check_margin(margin)
         self.num_classes = int(num_classes)
         self.embedding_dim = int(embedding_dim)
         self.margin = margin
