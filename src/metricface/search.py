@@ -7,11 +7,13 @@ products run on a GPU (``device="cuda"``); each chunk is moved once.
 
 Tie-breaking
 ------------
-Results are ordered best first; among exactly equal scores the gallery row with the **smaller
-index comes first**. This holds for every chunk size (the chunked search returns exactly what a
-stable sort of the full score row would), so results are reproducible. Scores are computed in
-float32 (float64 if either input is float64); two gallery rows that are equal only up to
-rounding are not exact ties.
+Results are ordered best first; among exactly equal computed scores the gallery row with the
+**smaller index comes first**, so results are reproducible for a given chunk size. Scores are
+computed in float32 (float64 if either input is float64) by matrix products whose last bits
+depend on how the product is blocked, so two gallery rows that tie in exact arithmetic (e.g.
+duplicated rows of random floats) may differ by one rounding step and swap places when
+``chunk_size`` changes. Where the products are exact (small integers, float64 inputs of few
+significant bits) the result equals a stable sort of the full score row for every chunk size.
 
 With ``use_faiss`` the search runs on a flat (exact) faiss index instead; the scores are the
 same up to float32 rounding, but the order of tied scores is whatever faiss returns.
@@ -164,7 +166,8 @@ def search(
         (lower = closer).
     chunk_size : int
         Gallery rows (and probe rows) scored per step; peak extra memory is about
-        ``chunk_size ** 2`` scores. Results do not depend on it.
+        ``chunk_size ** 2`` scores. Results depend on it only through float rounding (see
+        the module notes on tie-breaking).
     device : torch.device or str, optional
         Where the products run; defaults to the probes' device. The gallery is moved there
         one chunk at a time.
