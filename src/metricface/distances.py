@@ -83,7 +83,8 @@ def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> 
     """
     xn = l2_normalize(x)
     yn = xn if y is None else l2_normalize(y)
-    return xn @ yn.T
+    with torch.autocast(xn.device.type, enabled=False):  # keep float32 under autocast
+        return xn @ yn.T
 
 
 def is_similarity(distance: str) -> bool:

@@ -168,3 +168,17 @@ def test_histogram_bad_input():
         all_pairs_histogram(emb, labels, block_size=0)
     with pytest.raises(TypeError, match=r"embeddings must be a torch\.Tensor"):
         all_pairs_histogram(emb.numpy(), labels)
+    bad = emb.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="embeddings must contain only finite values, got 1 NaN"):
+        all_pairs_histogram(bad, labels)
+
+
+def test_all_pairs_under_autocast_equals_float32():
+    """Scores are binned from float32 products even inside a bfloat16 autocast region."""
+    emb, labels = clustered(40, 4)
+    plain = all_pairs_histogram(emb, labels, bins=2000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = all_pairs_histogram(emb, labels, bins=2000)
+    assert np.array_equal(plain.genuine, auto.genuine)
+    assert np.array_equal(plain.impostor, auto.impostor)

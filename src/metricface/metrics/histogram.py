@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface._validation import check_embeddings, check_finite, check_labels, check_scalar
 from metricface.metrics._checks import check_binary_scores, check_far_targets
 from metricface.metrics.verification import (
     OperatingPoints,
@@ -251,6 +251,7 @@ def all_pairs_histogram(
     ScoreHistogram
     """
     check_embeddings(embeddings)
+    check_finite(embeddings, "embeddings")
     check_labels(labels, embeddings.shape[0])
     hist = ScoreHistogram(bins, range)  # validates bins and range
     n = embeddings.shape[0]
@@ -273,7 +274,8 @@ def all_pairs_histogram(
     for i0 in np.arange(0, n, block_size).tolist():
         xi, yi = x[i0 : i0 + block_size], y[i0 : i0 + block_size]
         for j0 in np.arange(i0, n, block_size).tolist():
-            sim = xi @ x[j0 : j0 + block_size].T
+            with torch.autocast(dev.type, enabled=False):  # scores in float32/64
+                sim = xi @ x[j0 : j0 + block_size].T
             # same bin rule as ScoreHistogram.update; truncation of a value >= 0 is floor
             idx = sim.sub_(lo).mul_(scale).clamp_(0, hist.bins - 1).to(torch.int32)
             same = yi[:, None] == y[None, j0 : j0 + block_size]

@@ -1,0 +1,66 @@
+"""Pairwise distance matrices against a float64 re-derivation, also under autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metricface.distances import (
+    cosine_similarity_matrix,
+    euclidean_distance_matrix,
+    pairwise_matrix,
+)
+
+
+def _reference(x, y, distance):
+    """float64, written from the definitions: unit rows, then dot products or L2 norms."""
+    xn = x.double() / x.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    yn = y.double() / y.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if distance == "cosine":
+        return (xn[:, None, :] * yn[None, :, :]).sum(-1)
+    return (xn[:, None, :] - yn[None, :, :]).pow(2).sum(-1).sqrt()
+
+
+@given(
+    b=st.integers(1, 9),
+    r=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    distance=st.sampled_from(["euclidean", "cosine"]),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+)
+def test_matches_float64_definition(b, r, seed, distance, dtype):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(b, 6, generator=g).to(dtype), torch.randn(r, 6, generator=g).to(dtype)
+    out = pairwise_matrix(x, y, distance)
+    assert out.shape == (b, r)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # half inputs are exact in float32
+    torch.testing.assert_close(out.double(), _reference(x, y, distance), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_autocast_keeps_float32(distance):
+    """Miners and losses called inside autocast still compare embeddings in float32."""
+    x, y = torch.randn(32, 64), torch.randn(20, 64)
+    plain = pairwise_matrix(x, y, distance)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = pairwise_matrix(x, y, distance)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain, atol=1e-6, rtol=0)
+
+
+def test_self_distance_is_zero_with_zero_gradient():
+    x = torch.randn(4, 5)
+    x = torch.cat([x, x[:1]]).requires_grad_(True)  # a duplicated row
+    d = euclidean_distance_matrix(x)
+    assert d.diagonal().eq(0).all() and d[0, 4] == 0
+    d.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(cosine_similarity_matrix(x).diagonal(), torch.ones(5))
+
+
+def test_unknown_distance_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"distance must be one of \('euclidean', 'cosine'\)"):
+        pairwise_matrix(torch.randn(2, 3), distance="manhattan")
