@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchvision.transforms.v2.functional import resize
 
 from metricface.backbones import build_backbone
 from metricface.data import IdentityFolder, SyntheticFaces, eval_transform, train_transform
@@ -119,9 +120,10 @@ def evaluate(model, held, args, device) -> tuple[Any, torch.Tensor, torch.Tensor
     return verification_report(*pair_scores(emb, labels)), emb, labels
 
 
-def raw_pixel_report(held_raw) -> Any:
-    """The baseline: cosine similarity of mean-centred raw pixels."""
-    x = torch.stack([held_raw[i][0] for i in range(len(held_raw))]).float().flatten(1)
+def raw_pixel_report(held_raw, size: int) -> Any:
+    """The baseline: cosine similarity of mean-centred raw pixels, resized to ``size``."""
+    images = (resize(held_raw[i][0], [size, size]) for i in range(len(held_raw)))
+    x = torch.stack(list(images)).float().flatten(1)
     labels = torch.as_tensor([held_raw[i][1] for i in range(len(held_raw))])
     return verification_report(*pair_scores(x - x.mean(1, keepdim=True), labels))
 

@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     )
     sched = one_cycle(opt, args, len(loader))
     log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"])
-    baseline = C.raw_pixel_report(held_raw)
+    baseline = C.raw_pixel_report(held_raw, size)
     print(f"raw-pixel baseline EER {baseline.eer:.4f}")
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,8 +44,12 @@ def test_tiny_run_writes_checkpoint_log_and_plots(full_run):
     assert "trained EER" in stdout
     for name in ("checkpoint.pt", "log.csv", "report.txt", "roc.png", "embeddings.png"):
         assert (out / name).stat().st_size > 0, name
-    rows = (out / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,step,loss,lr,eer") and len(rows) == 3
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and list(rows[0])[:5] == ["epoch", "step", "loss", "lr", "eer"]
+    for row in rows:  # every column is filled, the TAR@FAR ones included
+        assert all(v != "" for v in row.values()), row
+        assert 0 <= float(row["tar@far=0.01"]) <= float(row["tar@far=0.1"]) <= 1
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] > 0
     assert ckpt["extra"]["config"]["tiny"] is True
@@ -69,6 +75,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert (out / "log.csv").read_text().count("\n") == 3  # one header, two epochs
+
+
+@pytest.mark.slow
+def test_trains_on_an_identity_folder_of_mixed_size_jpegs(tmp_path):
+    """Real datasets (VGGFace2) are not uniformly sized: the pipeline resizes everywhere."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for ident in range(12):
+        (tmp_path / "data" / f"id{ident:02d}").mkdir(parents=True)
+        for k in range(4):
+            h, w = rng.integers(40, 90, size=2)
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / f"id{ident:02d}" / f"{k}.jpg")
+    stdout = _run(
+        "train_vggface2.py",
+        "--tiny",
+        "--data",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--output",
+        str(tmp_path / "run"),
+    )
+    # --tiny holds out 8 identities with 4 images each
+    assert "train: 16 images of 4 identities; held out: 32 images of 8 identities" in stdout
+    assert "trained EER" in stdout
 
 
 @pytest.mark.slow
