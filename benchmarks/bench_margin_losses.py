@@ -1,5 +1,10 @@
 """Benchmark margin-softmax losses against pytorch-metric-learning: time and peak memory.
 
+Inputs: both libraries get the same embeddings (``randn(B, D)``), labels and class centers,
+drawn from a dedicated seeded generator; the centers are copied into the peer's ``W`` (its
+``(D, C * K)`` layout is the transpose of ``weight``). The timing run prints both losses and the
+largest difference of the embedding gradients, so a row whose numbers disagree is visible.
+
 Timing: one subprocess per (case, loss) builds both implementations on the same batch, warms
 each up once, then alternates their ``forward + backward`` steps (gradients set to ``None``
 first, as an optimiser's ``zero_grad`` does) and reports the median of ``--repeats`` steps each;
@@ -100,46 +105,80 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _setup(loss: str, lib: str, b: int, d: int, c: int, device: str) -> Callable[[], None]:
-    """Build one implementation and a batch; return its ``forward + backward`` step.
+def _inputs(
+    loss: str, b: int, d: int, c: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings (B, D), labels (B,) and class centers (C * K, D), the same for both sides."""
+    g = torch.Generator().manual_seed(0)
+    rows = c * (3 if loss == "subcenter" else 1)
+    emb = torch.randn(b, d, generator=g)
+    labels = torch.randint(0, c, (b,), generator=g)
+    weight = torch.randn(rows, d, generator=g).mul_(0.01)
+    return emb.to(device), labels.to(device), weight.to(device)
 
-    The step first drops the gradients (as ``optimizer.zero_grad()`` does); ``step.clear()``
-    does only that.
+
+def _setup(loss: str, lib: str, b: int, d: int, c: int, device: str) -> Callable[[], float]:
+    """Build one implementation on the shared batch; return its ``forward + backward`` step.
+
+    The step first drops the gradients (as ``optimizer.zero_grad()`` does) and returns the
+    loss value; ``step.clear()`` only drops the gradients and ``step.emb`` is the embedding
+    leaf (for comparing gradients).
     """
-    torch.manual_seed(0)
     factory = LOSSES[loss][0 if lib == "metricface" else 1]
     assert factory is not None
     module = factory(c, d).to(device)
-    emb = torch.randn(b, d, device=device, requires_grad=True)
-    labels = torch.randint(0, c, (b,), device=device)
+    emb, labels, weight = _inputs(loss, b, d, c, device)
+    with torch.no_grad():
+        if lib == "metricface":
+            module.weight.copy_(weight)
+        else:  # the peer stores the centers as columns
+            module.W.copy_(weight.t())
+    del weight
+    emb.requires_grad_(True)
     params = [emb, *module.parameters()]
 
     def clear() -> None:
         for p in params:
             p.grad = None
 
-    def step() -> None:
+    def step() -> float:
         clear()
-        module(emb, labels).backward()
+        out = module(emb, labels)
+        out.backward()
         if device == "cuda":
             torch.cuda.synchronize()
+        return float(out.detach())
 
     step.clear = clear  # type: ignore[attr-defined]
+    step.emb = emb  # type: ignore[attr-defined]
     return step
 
 
 def measure_time(loss: str, libs: list[str], b: int, d: int, c: int, device: str, n: int) -> dict:
-    """Median step time of each library, their steps interleaved so load drift hits both."""
+    """Median step time of each library, their steps interleaved so load drift hits both.
+
+    Also returns each library's loss and, with two libraries, the largest absolute difference
+    of their embedding gradients relative to the largest gradient entry.
+    """
     steps = {lib: _setup(loss, lib, b, d, c, device) for lib in libs}
-    for step in steps.values():
-        step()  # warm-up
+    losses = {lib: step() for lib, step in steps.items()}  # warm-up
+    grads = [step.emb.grad for step in steps.values()]  # type: ignore[attr-defined]
+    grad_diff = None
+    if len(grads) == 2:
+        scale = grads[1].abs().max().clamp_min(1e-30)
+        grad_diff = float((grads[0] - grads[1]).abs().max() / scale)
+    del grads
     times: dict[str, list[float]] = {lib: [] for lib in libs}
     for _ in range(n):
         for lib, step in steps.items():
             t0 = time.perf_counter()
             step()
             times[lib].append(time.perf_counter() - t0)
-    return {lib: statistics.median(t) for lib, t in times.items()}
+    return {
+        "time": {lib: statistics.median(t) for lib, t in times.items()},
+        "loss": losses,
+        "grad_diff": grad_diff,
+    }
 
 
 def measure_memory(loss: str, lib: str, b: int, d: int, c: int, device: str) -> int:
@@ -173,7 +212,16 @@ def _run_child(args: argparse.Namespace, job: list, memory: bool) -> object:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _secs(t: float) -> str:
+    return f"{t:.3f} s" if t >= 1 else f"{t * 1e3:.1f} ms"
+
+
+def _case_name(loss: str, b: int, d: int, c: int) -> str:
+    cs = f"{c // 1000}k" if c % 1000 == 0 and c >= 1000 else str(c)
+    return f"{loss}, B={b}, D={d}, C={cs}"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -181,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--cases", nargs="+", default=None, help="B,D,C triples")
     parser.add_argument("--losses", nargs="+", default=None, choices=sorted(LOSSES))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="one small case, 2 repeats")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -201,38 +249,49 @@ def main(argv: Optional[list[str]] = None) -> None:
     cases = args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES)
     if args.quick:
         args.repeats = 2
-    losses = args.losses or ["arcface", "subcenter"]
-    header = (
-        "| case (loss, B, D, C) | metricface time | peer time | time ratio "
-        "| metricface peak | peer peak | memory ratio |"
+    losses = args.losses or ["arcface", "cosface", "subcenter"]
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(
+        f"device={where} torch={torch.__version__} threads={args.threads} "
+        f"repeats={args.repeats} (median of interleaved steps after one warm-up)"
     )
-    print(f"device={args.device} torch={torch.__version__} threads={args.threads}")
-    print(header)
-    print("|" + "---|" * 7)
+    print("time: forward + backward; peak: memory of one step beyond inputs and parameters")
+    print("ratio = metricface / peer (below 1: metricface is faster or smaller)\n")
+    print("| case | metricface | peer | ratio | note |")
+    print("|---|---|---|---|---|")
     for spec in cases:
         b, d, c = (int(v) for v in spec.split(","))
         for loss in losses:
             has_peer = LOSSES[loss][1] is not None
             libs = ["metricface", "pml"] if has_peer else ["metricface"]
-            times = _run_child(
-                args, ["time", loss, libs, b, d, c, args.device, args.repeats], False
-            )
+            res = _run_child(args, ["time", loss, libs, b, d, c, args.device, args.repeats], False)
             mem = {
                 lib: _run_child(args, ["memory", loss, lib, b, d, c, args.device], True)
                 for lib in libs
             }
-            row = [f"{loss}, {b}, {d}, {c}", f"{times['metricface'] * 1e3:.0f} ms"]
+            name = _case_name(loss, b, d, c)
+            ours_t, ours_l = res["time"]["metricface"], res["loss"]["metricface"]
             if has_peer:
-                row += [
-                    f"{times['pml'] * 1e3:.0f} ms",
-                    f"{times['pml'] / times['metricface']:.2f}x faster",
-                    _mib(mem["metricface"]),
-                    _mib(mem["pml"]),
-                    f"{mem['metricface'] / max(mem['pml'], 1):.2f}",
-                ]
+                peer_t, peer_l = res["time"]["pml"], res["loss"]["pml"]
+                note = (
+                    f"{peer_t / ours_t:.2f}x faster; loss {ours_l:.5f} vs {peer_l:.5f} "
+                    f"(diff {abs(ours_l - peer_l):.1e}), grad diff {res['grad_diff']:.1e}"
+                )
+                rows = [
+                    (f"fwd+bwd time, {name}", _secs(ours_t), _secs(peer_t), ours_t / peer_t,
+                     note),
+                    (f"peak memory, {name}", _mib(mem["metricface"]), _mib(mem["pml"]),
+                     mem["metricface"] / max(mem["pml"], 1),
+                     f"{mem['pml'] / max(mem['metricface'], 1):.1f}x less"),
+                ]  # fmt: skip
             else:
-                row += ["-", "-", _mib(mem["metricface"]), "-", "-"]
-            print("| " + " | ".join(row) + " |", flush=True)
+                rows = [
+                    (f"fwd+bwd time, {name}", _secs(ours_t), "-", None, f"loss {ours_l:.5f}"),
+                    (f"peak memory, {name}", _mib(mem["metricface"]), "-", None, ""),
+                ]
+            for case, ours, peer, ratio, note in rows:
+                r = "-" if ratio is None else f"{ratio:.2f}"
+                print(f"| {case} | {ours} | {peer} | {r} | {note} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ once. Here the forward keeps exactly one ``(B, C)`` buffer, turned in place from
 ``exp(logit - row max)`` and saved for backward; the normalisation of the weight is folded into
 a per-class factor ``1/|w_j|``, so no normalised copy of the weight is made. The backward turns
 the saved buffer into the ``(B, C)`` gradient in place and allocates only the ``(C, D)`` weight
-gradient, so the function can be backpropagated once (a second backward with
+gradient (with ``K`` sub-centers, the ``(B, C * K)`` cosines are never formed: each
+sub-center's ``(B, C)`` block is computed and routed in turn through one more ``(B, C)``
+buffer), so the function can be backpropagated once (a second backward with
 ``retain_graph=True`` raises). The margin's derivative is taken by autograd on the ``(B,)``
 target cosines only.
 
@@ -75,6 +77,71 @@ def _project_out(grad: Tensor, unit: Tensor, norm: Tensor, floor: float) -> Tens
     return grad.addcmul_(unit, coef, value=-1.0).div_(norm.clamp_min(floor).unsqueeze(1))
 
 
+def _mm_into(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """``out = a @ b`` written in place (``a`` and ``b`` may be in a lower autocast dtype)."""
+    if a.dtype == out.dtype:
+        return torch.mm(a, b, out=out)
+    return out.copy_(torch.mm(a, b))
+
+
+def _subcenter_logits(
+    x_unit: Tensor, w: Tensor, factor: Tensor, k: int, mm_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Per-class maximum over ``k`` sub-centers of ``factor * (x_unit @ w.T)``, and its argmax.
+
+    Shapes: ``x_unit`` (B, D), ``w`` (C * k, D), ``factor`` (C * k,) -> (B, C), (B, C) uint8
+    (int64 for ``k >= 256``). One sub-center at a time (rows ``j, j + k, ...`` of ``w`` are a
+    strided view the matrix product reads in place), so no ``(B, C * k)`` buffer is made. On
+    ties the first sub-center wins; a NaN propagates to the maximum.
+    """
+    w3, f3 = w.view(-1, k, w.shape[1]), factor.view(-1, k)
+    x = x_unit.to(mm_dtype)
+    shape = (x.shape[0], w3.shape[0])
+    best = _mm_into(x, w3[:, 0].to(mm_dtype).t(), factor.new_empty(shape)).mul_(f3[:, 0])
+    winner = torch.zeros(shape, dtype=torch.uint8 if k < 256 else torch.int64, device=w.device)
+    cos, better = torch.empty_like(best), torch.empty(shape, dtype=torch.bool, device=w.device)
+    for j in range(1, k):
+        _mm_into(x, w3[:, j].to(mm_dtype).t(), cos).mul_(f3[:, j])
+        torch.gt(cos, best, out=better)
+        winner.masked_fill_(better, j)
+        torch.maximum(best, cos, out=best)
+    return best, winner
+
+
+def _subcenter_grads(
+    grad: Tensor,
+    winner: Tensor,
+    x_unit: Tensor,
+    w: Tensor,
+    w_norm: Tensor,
+    mm_dtype: torch.dtype,
+    need_w: bool,
+    need_x: bool,
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Products of the per-class ``grad`` (B, C) routed to each class's winning sub-center.
+
+    Returns ``(C * k, D)`` ``routed.T @ x_unit`` and ``(B, D)`` ``sum_j routed_j w_j / |w_j|``
+    (before the normalisation steps), one sub-center at a time so that no ``(B, C * k)``
+    buffer is made.
+    """
+    k = w.shape[0] // grad.shape[1]
+    w3 = w.view(-1, k, w.shape[1])
+    inv3 = w_norm.clamp_min(_NORM_EPS).reciprocal().view(-1, k)
+    x = x_unit.to(mm_dtype)
+    grad_w = grad.new_empty(w.shape) if need_w else None
+    grad_x = grad.new_zeros(x_unit.shape) if need_x else None
+    part = torch.empty_like(grad)
+    mask = torch.empty(grad.shape, dtype=torch.bool, device=grad.device)
+    zero = grad.new_zeros(())
+    for j in range(k):
+        torch.where(torch.eq(winner, j, out=mask), grad, zero, out=part)
+        if grad_w is not None:
+            _mm_into(part.to(mm_dtype).t(), x, grad_w.view(-1, k, w.shape[1])[:, j])
+        if grad_x is not None:
+            grad_x += torch.mm(part.mul_(inv3[:, j]).to(mm_dtype), w3[:, j].to(mm_dtype))
+    return grad_w, grad_x
+
+
 class _FusedMarginSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -98,12 +165,12 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             w_inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
 
             # the one (B, C) buffer: scaled cosines (logits) -> exp(logit - row max)
-            buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype)
-            buf.mul_(w_inv * scale)
             winner = None
             if sub_centers > 1:
-                buf, winner = buf.unflatten(1, (-1, sub_centers)).max(dim=2)
-                winner = winner.to(torch.uint8 if sub_centers < 256 else torch.int64)
+                buf, winner = _subcenter_logits(x_unit, w, w_inv * scale, sub_centers, mm_dtype)
+            else:
+                buf = torch.mm(x_unit.to(mm_dtype), w.to(mm_dtype).t()).to(dtype)
+                buf.mul_(w_inv * scale)
 
             rows = torch.arange(buf.shape[0], device=buf.device)
             target = buf[rows, labels] / scale
@@ -145,13 +212,14 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             grad = exps.mul_((g_row / row_sum).unsqueeze(1))
             rows = torch.arange(grad.shape[0], device=grad.device)
             grad[rows, labels] = (grad[rows, labels] - g_row) * d_target
-            if ctx.sub_centers > 1:
-                full = grad.new_zeros(grad.shape[0], grad.shape[1], ctx.sub_centers)
-                full.scatter_(2, winner.long().unsqueeze(2), grad.unsqueeze(2))
-                grad = full.flatten(1)
             grad_w = grad_x = None
+            if ctx.sub_centers > 1:
+                grad_w, grad_x = _subcenter_grads(
+                    grad, winner, x_unit, w, w_norm, mm, need_w, need_x
+                )
             if need_w:  # d loss / d w_unit = grad^T x_unit, then through w / |w|
-                grad_w = torch.mm(grad.to(mm).t(), x_unit.to(mm)).to(dtype)
+                if grad_w is None:
+                    grad_w = torch.mm(grad.to(mm).t(), x_unit.to(mm)).to(dtype)
                 inv = w_norm.clamp_min(_grad_floor(ctx.in_dtypes[1])).reciprocal()
                 # <grad_w_j, w_j> without a (C, D) temporary
                 coef = torch.bmm(grad_w.unsqueeze(1), w.unsqueeze(2)).view(-1) * inv.square()
@@ -159,8 +227,9 @@ class _FusedMarginSoftmax(torch.autograd.Function):
                 grad_w.addcmul_(w, coef.unsqueeze(1), value=-1.0).mul_(inv.unsqueeze(1))
                 grad_w = grad_w.to(ctx.in_dtypes[1])
             if need_x:  # d loss / d x_unit = sum_j grad_j w_j / |w_j|, then through x / |x|
-                inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
-                grad_x = torch.mm(grad.mul_(inv).to(mm), w.to(mm)).to(dtype)
+                if grad_x is None:
+                    inv = w_norm.clamp_min(_NORM_EPS).reciprocal()
+                    grad_x = torch.mm(grad.mul_(inv).to(mm), w.to(mm)).to(dtype)
                 floor = _grad_floor(ctx.in_dtypes[0])
                 grad_x = _project_out(grad_x, x_unit, x_norm, floor).to(ctx.in_dtypes[0])
         return grad_x, grad_w, None, None, None, None, None

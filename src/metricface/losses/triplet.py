@@ -30,7 +30,9 @@ from metricface.miners._tuples import to_triplets
 
 __all__ = ["TripletMarginLoss"]
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# 2**18 elements keep a chunk's temporaries to a few MiB (the mined triplets the loss reads
+# are usually larger) at no measurable cost in speed.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
 # The sorted path costs two O(R log R) passes per anchor (sort, binary search), the chunked
 # path O(R) per positive pair; sorting only pays off with many positives per anchor.
 SORTED_MIN_POSITIVES_PER_ANCHOR = 16
