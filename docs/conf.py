@@ -57,3 +57,18 @@ html_title = f"metricface {release}"
 html_static_path = ["_static"]
 templates_path: list[str] = []
 exclude_patterns = ["_build"]
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show the nearest public ancestor instead of a private implementation base class."""
+    shown = []
+    for base in bases:
+        while base.__name__.startswith("_") and base is not object:
+            base = base.__mro__[1]
+        if base not in shown:
+            shown.append(base)
+    bases[:] = shown
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)
