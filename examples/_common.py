@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import resize
 
 from metricface.backbones import build_backbone
+from metricface.checkpoint import get_rng_state, set_rng_state
 from metricface.data import IdentityFolder, SyntheticFaces, eval_transform, train_transform
 from metricface.inference import embed
 from metricface.metrics import verification_report
@@ -185,3 +186,21 @@ def env_rank() -> tuple[int, int, int]:
         int(os.environ.get("WORLD_SIZE", 1)),
         int(os.environ.get("LOCAL_RANK", 0)),
     )
+
+
+def gather_rank_rng() -> list[dict[str, Any]]:
+    """Every rank's RNG states (torch, CUDA, NumPy, Python), gathered on every rank."""
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, get_rng_state())
+    return states
+
+
+def restore_rank_rng(states: list[dict[str, Any]] | None, rank: int, world: int) -> None:
+    """Restore this rank's RNG states saved by :func:`gather_rank_rng`, if the world matches."""
+    if states is None or len(states) != world:
+        saved = "none" if states is None else f"{len(states)} ranks"
+        print(f"rank {rank}: checkpoint has RNG states for {saved}, not {world}; not restored")
+        return
+    set_rng_state(states[rank])

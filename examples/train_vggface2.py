@@ -202,8 +202,11 @@ def main(argv=None) -> dict:
             scheduler=sched,
             scaler=scaler,
             map_location=device,
+            restore_rng=not distributed,  # each rank restores its own state below
         )
         start_epoch, step = ckpt["epoch"], ckpt["step"]
+        if distributed:
+            C.restore_rank_rng(ckpt["extra"].get("rng_per_rank"), rank, world)
         history = list(ckpt["extra"].get("history", []))
         if main_proc:
             print(f"resumed from {path} at epoch {start_epoch}, step {step}")
@@ -285,6 +288,9 @@ def main(argv=None) -> dict:
                 f"  TAR@FAR=1e-2 {row['tar@far=0.01']:.4f}  ({row['seconds']:.1f} s)",
                 flush=True,
             )
+        # every rank's RNG states as they are now, so that a resumed run continues each exactly
+        rng_per_rank = C.gather_rank_rng() if distributed else None
+        if main_proc:
             save_checkpoint(
                 out / "checkpoint.pt",
                 model=objective,
@@ -293,7 +299,7 @@ def main(argv=None) -> dict:
                 scaler=scaler,
                 epoch=epoch + 1,
                 step=step,
-                extra={"history": history, "config": vars(args)},
+                extra={"history": history, "config": vars(args), "rng_per_rank": rng_per_rank},
             )
         if distributed:
             dist.barrier()

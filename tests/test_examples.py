@@ -16,11 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def _run(script: str, *args: str) -> str:
+def _run(script: str, *args: str, nproc: int = 1) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    launcher = [sys.executable]
+    if nproc > 1:  # as torchrun, on the gloo backend
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
+        [*launcher, str(EXAMPLES / script), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -75,6 +78,22 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert (out / "log.csv").read_text().count("\n") == 3  # one header, two epochs
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_run_resumed_equals_uninterrupted(tmp_path):
+    """Two gloo ranks: each rank's RNG (augmentation) state is restored, not rank 0's."""
+    common = ("--tiny", "--device", "cpu", "--no-plots", "--no-progress")
+    _run("train_vggface2.py", *common, "--output", str(tmp_path / "full"), nproc=2)
+    part = str(tmp_path / "part")
+    _run("train_vggface2.py", *common, "--output", part, "--stop-after-epoch", "1", nproc=2)
+    _run("train_vggface2.py", *common, "--output", part, "--resume", nproc=2)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert len(b["extra"]["rng_per_rank"]) == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 @pytest.mark.slow
