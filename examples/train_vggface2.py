@@ -47,6 +47,7 @@ CLASS_LOSSES = {
     "adaface": losses.AdaFaceLoss,
     "normsoftmax": losses.NormSoftmaxLoss,
 }
+SCALES = {"adaface": 64.0}  # default logit scale where it is not 32
 PAIR_LOSSES = ("contrastive", "triplet")
 MINERS = {
     "batchhard": miners.BatchHardMiner,
@@ -78,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=(*CLASS_LOSSES, *PAIR_LOSSES), default="cosface")
     g.add_argument("--margin", type=float, help="loss margin (radians for arcface)")
-    g.add_argument("--scale", type=float, default=32.0, help="logit scale of margin losses")
+    g.add_argument(
+        "--scale", type=float, help="logit scale of margin losses (default 32; adaface 64)"
+    )
     g.add_argument("--miner", choices=tuple(MINERS), default="batchhard", help="pair losses")
     g.add_argument("--P", type=int, default=16, help="identities per batch (pair losses)")
     g.add_argument("--K", type=int, default=4, help="images per identity (pair losses)")
@@ -103,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_loss(args, num_classes: int, distributed: bool) -> tuple[nn.Module, nn.Module | None]:
     if args.loss in CLASS_LOSSES:
-        kw = {"scale": args.scale} if args.loss != "adaface" else {}
+        kw = {"scale": args.scale if args.scale is not None else SCALES.get(args.loss, 32.0)}
         if args.margin is not None:
             kw["margin"] = args.margin
         return CLASS_LOSSES[args.loss](num_classes, args.embedding_dim, **kw), None

@@ -396,6 +396,12 @@ def test_float16_embeddings_float32_weight():
         (torch.zeros(4, D, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "float"),
         (torch.zeros(D), torch.zeros(1, dtype=torch.long), ValueError, "shape \\(batch, dim\\)"),
         ([[0.0] * D], torch.zeros(1, dtype=torch.long), TypeError, "torch.Tensor"),
+        (
+            torch.zeros(4, D, device="meta"),
+            torch.zeros(4, dtype=torch.long),
+            ValueError,
+            "embeddings are on meta but the class centers \\(weight\\) are on cpu",
+        ),
     ],
 )
 def test_bad_inputs_raise_before_compute(emb, labels, err, match):

@@ -122,6 +122,11 @@ class MarginSoftmaxLoss(nn.Module):
                 f"embeddings must have embedding_dim={self.embedding_dim} columns, "
                 f"got shape {tuple(embeddings.shape)}"
             )
+        if embeddings.device != self.weight.device:
+            raise ValueError(
+                f"embeddings are on {embeddings.device} but the class centers (weight) are on "
+                f"{self.weight.device}; move the loss with .to(device)"
+            )
         return embeddings
 
     def _check_inputs(self, embeddings: object, labels: object) -> tuple[Tensor, Tensor]:
