@@ -460,3 +460,10 @@ def test_second_backward_raises_instead_of_using_a_spent_buffer():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backpropagated only once"):
         loss.backward()
+
+
+def test_subcenter_positional_arguments_follow_the_peer_order():
+    """(num_classes, dim, margin, scale, sub_centers), as ArcFaceLoss and the PML class."""
+    loss_fn = SubCenterArcFaceLoss(C, D, 0.4, 32.0, 2)
+    assert (loss_fn.margin.margin, loss_fn.scale, loss_fn.sub_centers) == (0.4, 32.0, 2)
+    assert loss_fn.weight.shape == (C * 2, D)

@@ -314,15 +314,17 @@ class SubCenterArcFaceLoss(MarginSoftmaxLoss):
 
     ``weight`` has shape ``(num_classes * sub_centers, embedding_dim)`` with rows
     ``c*K .. c*K+K-1`` for class ``c``, as in the paper's code and pytorch-metric-learning.
+    Positional arguments follow the other margin losses (``margin, scale``, then
+    ``sub_centers``), which is also pytorch-metric-learning's order.
     """
 
     def __init__(
         self,
         num_classes: int,
         embedding_dim: int,
-        sub_centers: int = 3,
         margin: float = 0.5,
         scale: float = 64.0,
+        sub_centers: int = 3,
         easy_margin: bool = False,
         reduction: str = "mean",
     ) -> None:
