@@ -420,3 +420,17 @@ def test_bad_input(fn, args, exc, match):
 def test_bad_far(far, exc, match):
     with pytest.raises(exc, match=match):
         tar_at_far([1, 0], [0.2, 0.1], far)
+
+
+def test_kfold_accept_all_threshold_accepts_lower_held_out_scores():
+    """All genuine pairs: accepting everything is optimal, also below the training scores."""
+    y = np.ones(10, dtype=int)
+    y[0] = 0  # one impostor with the top score: accept-all stays best on every training split
+    s = np.array([9.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2])
+    mean, _, thr = kfold_verification_accuracy(y, s, n_folds=2, return_thresholds=True)
+    folds = np.array_split(np.arange(10), 2)
+    # fold 2 holds the lowest scores: only a -inf threshold accepts them all
+    assert thr[1] == -np.inf
+    assert mean == pytest.approx(
+        np.mean([np.mean((s[f] >= t) == y[f]) for f, t in zip(folds, thr)])
+    )

@@ -311,12 +311,16 @@ def best_accuracy_threshold(op: OperatingPoints) -> tuple[float, float]:
 
     Among equally accurate operating points the highest threshold wins; the returned threshold
     is the midpoint between that score and the next lower distinct score, so the accepted set
-    of this data is unchanged while held-out scores get a margin on both sides.
+    of this data is unchanged while held-out scores get a margin on both sides. When accepting
+    everything is best the threshold is ``-inf`` (held-out scores below this data's lowest are
+    accepted too), as rejecting everything gives ``+inf``.
     """
     correct = op.tps + (op.n_neg - op.fps)
     j = int(np.argmax(correct))
     t = op.thresholds
-    if j == 0 or j == t.shape[0] - 1:
+    if j == t.shape[0] - 1:
+        threshold = -math.inf
+    elif j == 0:
         threshold = float(t[j])
     else:
         mid = 0.5 * t[j] + 0.5 * t[j + 1]
@@ -358,7 +362,8 @@ def kfold_verification_accuracy(
         Population standard deviation (``ddof=0``) of the per-fold accuracies, as LFW reports.
     thresholds : numpy.ndarray of shape (n_folds,)
         Only when ``return_thresholds=True``. The midpoint between the best training score and
-        the next lower one (``+inf`` if rejecting every pair is best).
+        the next lower one (``+inf`` if rejecting every pair is best, ``-inf`` if accepting
+        every pair is).
     """
     labels, scores = check_binary_scores(y_true, y_score)
     n = scores.shape[0]
