@@ -212,6 +212,17 @@ def as_tensor(value: object, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
 
 
+def check_same_device(
+    tensor: torch.Tensor, name: str, other: torch.Tensor, other_name: str
+) -> None:
+    """Raise a ValueError naming both tensors when ``tensor`` is not on ``other``'s device."""
+    if tensor.device != other.device:
+        raise ValueError(
+            f"{name} must be on the same device as {other_name} ({other.device}), "
+            f"got {tensor.device}; move one with .to(device)"
+        )
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Check that a floating-point tensor holds no NaN or infinity (one device read-back).
 

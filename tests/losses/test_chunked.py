@@ -288,6 +288,8 @@ def test_rejects_bad_input():
         f(x, w, y, 0.5)
     with pytest.raises(TypeError, match="needs the embedding norms.*use AdaFaceLoss"):
         f(x, w, y, AdaFaceMargin())
+    with pytest.raises(ValueError, match=r"embeddings must be on the same device as weight"):
+        f(x.to("meta"), w, y, cosface)
     with pytest.raises(ValueError, match="scale must be in"):
         f(x, w, y, cosface, scale=0.0)
     with pytest.raises(ValueError, match="chunk_size must be in"):

@@ -400,7 +400,8 @@ def test_float16_embeddings_float32_weight():
             torch.zeros(4, D, device="meta"),
             torch.zeros(4, dtype=torch.long),
             ValueError,
-            "embeddings are on meta but the class centers \\(weight\\) are on cpu",
+            r"embeddings must be on the same device as the class centers \(weight\) \(cpu\), "
+            "got meta",
         ),
     ],
 )

@@ -275,6 +275,8 @@ def test_rejects_bad_input():
         PartialFCLoss(10, 4, margin=0.5)
     with pytest.raises(TypeError, match="needs the embedding norms"):
         PartialFCLoss(10, 4, margin=AdaFaceMargin())
+    with pytest.raises(ValueError, match=r"same device as the class centers \(weight\) \(cpu\)"):
+        PartialFCLoss(10, 4)(torch.zeros(3, 4, device="meta"), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="chunk_size must be in"):
         PartialFCLoss(10, 4, margin=arcface_safe, chunk_size=0)
 

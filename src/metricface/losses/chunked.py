@@ -29,7 +29,12 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface._validation import (
+    check_embeddings,
+    check_labels,
+    check_same_device,
+    check_scalar,
+)
 from metricface.losses._fused_margin import _grad_floor
 from metricface.losses.functional import AdaFaceMargin
 
@@ -248,11 +253,7 @@ def _check_common(
             f"weight must have shape (num_classes, {embeddings.shape[1]}) to match embeddings "
             f"of dim {embeddings.shape[1]}, got shape {tuple(weight.shape)}"
         )
-    if weight.device != embeddings.device:
-        raise ValueError(
-            f"weight and embeddings must be on the same device, got {weight.device} and "
-            f"{embeddings.device}"
-        )
+    check_same_device(embeddings, "embeddings", weight, "weight")
     _check_margin(margin)
     check_scalar(scale, "scale", low=0.0, low_inclusive=False)
     if reduction not in _REDUCTIONS:

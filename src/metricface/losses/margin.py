@@ -23,7 +23,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface._validation import (
+    check_embeddings,
+    check_labels,
+    check_same_device,
+    check_scalar,
+)
 from metricface.losses._fused_margin import fused_margin_softmax
 from metricface.losses.functional import (
     AdaFaceMargin,
@@ -122,11 +127,7 @@ class MarginSoftmaxLoss(nn.Module):
                 f"embeddings must have embedding_dim={self.embedding_dim} columns, "
                 f"got shape {tuple(embeddings.shape)}"
             )
-        if embeddings.device != self.weight.device:
-            raise ValueError(
-                f"embeddings are on {embeddings.device} but the class centers (weight) are on "
-                f"{self.weight.device}; move the loss with .to(device)"
-            )
+        check_same_device(embeddings, "embeddings", self.weight, "the class centers (weight)")
         return embeddings
 
     def _check_inputs(self, embeddings: object, labels: object) -> tuple[Tensor, Tensor]:

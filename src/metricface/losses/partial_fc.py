@@ -55,7 +55,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from metricface._validation import check_embeddings, check_labels, check_scalar
+from metricface._validation import (
+    check_embeddings,
+    check_labels,
+    check_same_device,
+    check_scalar,
+)
 from metricface.distributed import all_gather_with_grad
 from metricface.losses.chunked import _check_margin, _margin_cross_entropy_shard
 from metricface.losses.functional import ArcFaceMargin
@@ -267,11 +272,7 @@ class PartialFCLoss(nn.Module):
                 f"embeddings must have shape (batch, {self.embedding_dim}), "
                 f"got shape {tuple(embeddings.shape)}"
             )
-        if embeddings.device != self.weight.device:
-            raise ValueError(
-                f"embeddings must be on the weight's device {self.weight.device}, "
-                f"got {embeddings.device}"
-            )
+        check_same_device(embeddings, "embeddings", self.weight, "the class centers (weight)")
         check_labels(labels, embeddings.shape[0], num_classes=self.num_classes)
         labels = labels.to(device=embeddings.device, dtype=torch.long)
         if self.process_group is not None:
