@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from metricface.data import IdentityFolder, ImageDecodeError, decode_image_file
@@ -176,3 +178,36 @@ def test_bad_arguments(tree, tmp_path):
     with pytest.raises(ValueError, match="no image"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         IdentityFolder(root, extensions=(".tiff",))
+
+
+@given(
+    counts=st.lists(st.integers(0, 4), min_size=1, max_size=12),
+    threads=st.integers(1, 16),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_scan_equals_torchvision_imagefolder_for_any_thread_count(
+    tmp_path_factory, counts, threads
+):
+    """Same (path, label) samples as torchvision's ImageFolder, however folders are split."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path_factory.mktemp("scan")
+    for i, n in enumerate(counts):
+        (root / f"id{i:02d}").mkdir()
+        for k in range(n):
+            (root / f"id{i:02d}" / f"{k}.jpg").touch()
+    if not any(counts):
+        with pytest.raises(ValueError, match="holds no image"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            IdentityFolder(root, num_threads=threads)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty identity folders are reported, not errors
+        ours = IdentityFolder(root, num_threads=threads)
+    peer = ImageFolder(str(root), allow_empty=True)
+    # ImageFolder numbers empty folders too; compare by identity name
+    assert [(p, ours.classes[y]) for p, y in ours.samples] == [
+        (p, peer.classes[y]) for p, y in peer.samples
+    ]

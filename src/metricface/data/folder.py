@@ -7,8 +7,10 @@
         n000001/0002_01.jpg
         n000002/...
 
-Scanning uses :func:`os.scandir` only (no image is opened), with a few threads so that network
-file systems are listed in parallel; a few million files take seconds. Images are decoded with
+Scanning uses :func:`os.scandir` only (no image is opened): a million files in 20,000 folders
+take under 2 s on a local disk (``benchmarks/bench_folder_scan.py``, 1.5x faster than
+torchvision's ``ImageFolder``). ``num_threads > 1`` lists blocks of folders in parallel, which
+can hide the latency of a network file system but costs time on a local one. Images are decoded with
 Pillow into ``(3, H, W)`` uint8 RGB tensors (the layout of :mod:`torchvision.transforms.v2`)
 when they are read.
 
@@ -67,14 +69,19 @@ def decode_image_file(path: str | os.PathLike[str]) -> torch.Tensor:
 
 
 def _list_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """Paths of the image files directly in ``folder``, sorted by name."""
     with os.scandir(folder) as it:
-        names = [
-            e.name
+        paths = [
+            e.path
             for e in it
             if e.name.lower().endswith(extensions) and not e.name.startswith(".") and e.is_file()
         ]
-    names.sort()
-    return names
+    paths.sort()  # one folder: the same order as sorting the names
+    return paths
+
+
+def _list_folders(folders: list[str], extensions: tuple[str, ...]) -> list[list[str]]:
+    return [_list_images(f, extensions) for f in folders]
 
 
 def _check_label_map(label_map: object) -> dict[str, int]:
@@ -113,7 +120,8 @@ class IdentityFolder(Dataset):
         What reading an undecodable file does: raise :class:`ImageDecodeError`, or warn, record
         it in :attr:`bad_files` and return another image of the same identity.
     num_threads : int
-        Threads that list identity folders in parallel.
+        Threads that list identity folders in parallel (each a contiguous block of folders).
+        1 (the default) is fastest on a local disk; more can help on a network file system.
 
     Attributes
     ----------
@@ -136,7 +144,7 @@ class IdentityFolder(Dataset):
         label_map: Mapping[str, int] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         on_error: Literal["raise", "skip"] = "raise",
-        num_threads: int = 8,
+        num_threads: int = 1,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -162,8 +170,16 @@ class IdentityFolder(Dataset):
                     f"label_map has no label for {len(unknown)} identity folder(s) of "
                     f"{str(root)!r}, e.g. {unknown[:3]}"
                 )
-        with ThreadPoolExecutor(min(num_threads, len(names))) as pool:
-            listings = list(pool.map(lambda n: _list_images(str(root / n), exts), names))
+        # one task per thread over a contiguous block of folders: per-folder tasks would cost
+        # more in scheduling than listing a small local folder does
+        folders = [os.path.join(root, n) for n in names]
+        threads = min(num_threads, len(names))
+        step = -(-len(folders) // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            blocks = pool.map(
+                lambda i: _list_folders(folders[i : i + step], exts), range(0, len(folders), step)
+            )
+            listings = [files for block in blocks for files in block]
 
         self.empty_identities = [n for n, files in zip(names, listings) if not files]
         if self.empty_identities:
@@ -179,7 +195,7 @@ class IdentityFolder(Dataset):
             label_map_out = {n: i for i, (n, _) in enumerate(kept)}
         else:
             label_map_out = {n: given_map[n] for n, _ in kept}
-        samples = [(str(root / n / f), label_map_out[n]) for n, files in kept for f in files]
+        samples = [(path, label_map_out[n]) for n, files in kept for path in files]
         self._setup(root, samples, label_map_out, transform, on_error)
         if given_map is not None:
             self.num_classes = max(given_map.values()) + 1
