@@ -279,6 +279,32 @@ def test_apply_margin_negative_label_only_scales():
     torch.testing.assert_close(logits, expected)
 
 
+@pytest.mark.parametrize("label_dtype", [torch.int8, torch.uint8, torch.int16, torch.int32])
+def test_margin_cross_entropy_takes_every_integer_label_dtype(label_dtype):
+    # check_labels accepts any integer dtype, so the kernel must too (gather needs int64)
+    g = torch.Generator().manual_seed(6)
+    cos = torch.rand(8, 12, generator=g, dtype=torch.float64) * 1.8 - 0.9
+    labels = torch.randint(0, 12, (8,), generator=g)
+    loss = margin_cross_entropy(cos, labels.to(label_dtype), ArcFaceMargin(), 16.0, "none")
+    expected = ref_margin_ce(cos.numpy(), labels.numpy(), ref_arcface_05, 16.0)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+    logits = apply_margin(cos, labels.to(label_dtype), ArcFaceMargin(), 16.0)
+    rows = torch.arange(8)
+    np.testing.assert_allclose(
+        logits[rows, labels].numpy(), 16.0 * ref_arcface_05(cos[rows, labels].numpy()), rtol=1e-10
+    )
+
+
+@pytest.mark.cuda
+def test_margin_cross_entropy_takes_labels_on_another_device():
+    g = torch.Generator().manual_seed(7)
+    cos = torch.rand(8, 12, generator=g, dtype=torch.float64) * 1.8 - 0.9
+    labels = torch.randint(0, 12, (8,), generator=g)
+    loss = margin_cross_entropy(cos.cuda(), labels, ArcFaceMargin(), 16.0, "none")
+    expected = ref_margin_ce(cos.numpy(), labels.numpy(), ref_arcface_05, 16.0)
+    np.testing.assert_allclose(loss.cpu().numpy(), expected, rtol=1e-10)
+
+
 def test_margin_cross_entropy_validates_inputs():
     cos = torch.zeros(3, 4)
     with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=4\)"):

@@ -367,7 +367,7 @@ def apply_margin(
     cos : Tensor, shape (B, C)
         Cosine similarities (any floating dtype).
     labels : Tensor, shape (B,)
-        Target column of each row; a negative label means the row's target is not among these
+        Target column of each row (any integer dtype, any device); a negative label means the row's target is not among these
         ``C`` columns (a block of a chunked or sharded classifier) and the row is only scaled.
         Not range-checked here (this is the inner kernel); :func:`margin_cross_entropy` checks.
     margin : callable
@@ -382,6 +382,7 @@ def apply_margin(
         ``scale * cos`` with the target columns replaced by ``scale * margin(cos_target)``, in
         float32 (float64 for float64 input), computed with autocast disabled.
     """
+    labels = labels.to(device=cos.device, dtype=torch.long)  # gather needs int64 indices
     with torch.autocast(cos.device.type, enabled=False):
         dtype = compute_dtype(cos.dtype)
         logits = cos.to(dtype) * scale
@@ -406,7 +407,7 @@ def margin_cross_entropy(
     cos : Tensor, shape (B, C)
         Cosine similarities between embeddings and class centers.
     labels : Tensor, shape (B,)
-        Integer class of each row, in ``[0, C)``.
+        Integer class of each row, in ``[0, C)`` (any integer dtype, any device).
     margin : callable
         ``(B,) -> (B,)`` target-cosine map (see :class:`Margin`).
     scale : float
@@ -425,9 +426,10 @@ def margin_cross_entropy(
     check_scalar(scale, "scale", low=0.0, low_inclusive=False)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    labels = labels.to(device=cos.device, dtype=torch.long)
     logits = apply_margin(cos, labels, margin, scale)
     with torch.autocast(cos.device.type, enabled=False):
-        loss = torch.nn.functional.cross_entropy(logits, labels.long(), reduction=reduction)
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)
     return loss.to(cos.dtype)
 
 
