@@ -170,6 +170,22 @@ def test_gradcheck():
     )
 
 
+@pytest.mark.parametrize("chunk_size", [4, 100])
+def test_double_backward_raises_instead_of_dropping_second_order_terms(chunk_size):
+    # with create_graph=True the first-order gradient must not pose as a constant: using it in
+    # a gradient penalty has to fail, not silently drop the loss's curvature
+    x, w, y = _data(3, 4, 9)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    loss = chunked_margin_cross_entropy(x, w, y, arcface, 4.0, chunk_size=chunk_size)
+    g_x, g_w = torch.autograd.grad(loss, (x, w), create_graph=True)
+    ref = torch.autograd.grad(dense_reference(x, w, y, arcface, 4.0), (x, w))
+    torch.testing.assert_close(g_x, ref[0])  # first order still exact
+    torch.testing.assert_close(g_w, ref[1])
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        (g_x.square().sum() + x.sum()).backward()
+
+
 def test_normalisation_gradient_is_included():
     # scaling an embedding does not change the loss: its gradient is orthogonal to it
     x, w, y = _data(5, 6, 11)

@@ -380,6 +380,35 @@ def test_float16_embeddings_float32_weight():
     assert g[0].dtype == torch.float16 and torch.isfinite(g[0]).all()
 
 
+@pytest.mark.parametrize("sub_centers", [1, 3])
+def test_float64_stays_float64_under_autocast(sub_centers):
+    # autocast never lowers float64 tensors (nn.Linear stays float64): neither may the loss
+    torch.manual_seed(17)
+    loss_fn = SubCenterArcFaceLoss(C, D, 0.5, 64.0, sub_centers=sub_centers).double()
+    emb, labels = _inputs(torch.float64, seed=18)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(emb, labels)
+    g_emb, g_w = _grads(loss, emb, loss_fn.weight)
+    e64 = emb.detach().clone().requires_grad_(True)
+    w64 = loss_fn.weight.detach().clone().requires_grad_(True)
+    ref = reference_loss(e64, w64, labels, lambda t, _n: torch.cos(t + 0.5), 64.0, sub_centers)
+    r_emb, r_w = _grads(ref, e64, w64)
+    tol = {"rtol": 1e-11, "atol": 1e-13}
+    torch.testing.assert_close(loss, ref, **tol)
+    torch.testing.assert_close(g_emb, r_emb, **tol)
+    torch.testing.assert_close(g_w, r_w, **tol)
+
+
+def test_double_backward_raises_instead_of_dropping_second_order_terms():
+    # a gradient penalty needs d(grad)/d(embeddings); the fused backward is not differentiable,
+    # so asking for it must fail loudly rather than silently treat the gradient as a constant
+    loss_fn = ArcFaceLoss(C, D).double()
+    emb, labels = _inputs(torch.float64)
+    (g_emb,) = torch.autograd.grad(loss_fn(emb, labels), emb, create_graph=True)
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        (g_emb.square().sum() + emb.sum()).backward()
+
+
 # ---------------------------------------------------------------- validation
 
 

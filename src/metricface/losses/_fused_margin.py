@@ -24,16 +24,20 @@ buffer), so the function can be backpropagated once (a second backward with
 target cosines only.
 
 Precision: everything runs in float32 (float64 if the embeddings or the weight are float64);
-under autocast the two matrix products run in the autocast dtype, as ``nn.Linear`` would, and
+under autocast the two matrix products run in the autocast dtype (unless an input is float64,
+which autocast leaves alone), as ``nn.Linear`` would, and
 the softmax in float32. Embeddings are normalised by :func:`unit_rows` (exact direction for any
 nonzero finite row, no overflow), class centers by their norm clamped at ``1e-12`` as in
 :func:`torch.nn.functional.normalize`. The gradient of a normalisation divides by the norm
 clamped at ``1e-12`` too (about 0.015 for float16 inputs, so the gradient stays finite when cast
-back). Double backward and repeated backward are not supported.
+back). Double backward and repeated backward are not supported: both raise a RuntimeError
+(the backward pass is not itself differentiable, so a gradient penalty through this loss
+cannot be computed).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -42,6 +46,45 @@ from torch import Tensor
 from metricface.losses.functional import compute_dtype
 
 _NORM_EPS = 1e-12
+
+
+class _SecondOrderError(torch.autograd.Function):
+    """Identity whose backward pass raises: marks a gradient as not differentiable."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx: Any, _: Tensor) -> Tensor:  # type: ignore[override]
+        raise RuntimeError(
+            "the margin-softmax losses cannot be differentiated twice: their backward pass is "
+            "not differentiable, so second-order terms (e.g. a gradient penalty through the "
+            "loss) are not available"
+        )
+
+
+def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an autograd ``backward`` whose own computation is not differentiable.
+
+    Like :func:`torch.autograd.function.once_differentiable`, but the gradients it returns
+    under ``create_graph=True`` *always* lead to an error when differentiated again, also when
+    the incoming gradient is a constant (``once_differentiable`` then returns plain tensors,
+    so a second-order term through the function would silently be zero).
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Tensor) -> Any:
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():  # create_graph=False: nothing to protect
+            return outputs
+        return tuple(
+            o if not isinstance(o, Tensor) else _SecondOrderError.apply(o.detach().requires_grad_())
+            for o in outputs
+        )
+
+    return wrapper
 
 
 def unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,6 +239,7 @@ class _FusedMarginSoftmax(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         if ctx.consumed:
             raise RuntimeError(
@@ -265,7 +309,11 @@ def fused_margin_softmax(
     """
     device_type = embeddings.device.type
     mm_dtype = None
-    if torch.is_autocast_enabled(device_type):
+    # autocast lowers float32 matmuls only: float64 stays float64, as in nn.Linear
+    if torch.is_autocast_enabled(device_type) and torch.float64 not in (
+        embeddings.dtype,
+        weight.dtype,
+    ):
         mm_dtype = torch.get_autocast_dtype(device_type)
     return _FusedMarginSoftmax.apply(
         embeddings, weight, labels.long(), margin, float(scale), int(sub_centers), mm_dtype

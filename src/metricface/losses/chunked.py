@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
 from metricface._validation import (
     check_embeddings,
@@ -35,7 +34,7 @@ from metricface._validation import (
     check_same_device,
     check_scalar,
 )
-from metricface.losses._fused_margin import _grad_floor
+from metricface.losses._fused_margin import _grad_floor, first_order_only
 from metricface.losses.functional import AdaFaceMargin
 
 __all__ = ["chunked_margin_cross_entropy"]
@@ -184,7 +183,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         return out.to(embeddings.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         embeddings, weight, local_labels, unit_x, norm_x, cos_t, lse, probs = ctx.saved_tensors
         scale, chunk_size = ctx.scale, ctx.chunk_size
