@@ -131,6 +131,39 @@ def test_matches_brute_force(labels, seed, margin, duplicate, smooth, sorted_pat
     assert torch.isfinite(xd.grad).all()
 
 
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("mined", [False, True])
+def test_second_order_gradients_match_brute_force(swap, mined):
+    # a gradient penalty differentiates the gradient again: the softplus curvature must be kept
+    x, y = _batch(9, 5, 3, seed=11)
+    same = y[:, None] == y[None, :]
+    a, p, n = ((same & ~torch.eye(9, dtype=torch.bool))[:, :, None] & ~same[:, None, :]).nonzero(
+        as_tuple=True
+    )
+    if mined:  # a subset, in the index-tuple form
+        a, p, n = a[::3], p[::3], n[::3]
+    xd = x.double().requires_grad_(True)
+    loss_fn = TripletMarginLoss(0.2, swap=swap, smooth_loss=True, chunk_elements=7)
+    loss = loss_fn(xd, y, indices_tuple=(a, p, n)) if mined else loss_fn(xd, y)
+    (g,) = torch.autograd.grad(loss, xd, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), xd)
+
+    # float64 re-derivation on the explicit triplets (no distance of a sample to itself)
+    xr = x.double().requires_grad_(True)
+    u = torch.nn.functional.normalize(xr, dim=1)
+
+    def dist(i, j):
+        return (u[i] - u[j]).norm(dim=1)
+
+    an = torch.minimum(dist(a, n), dist(p, n)) if swap else dist(a, n)
+    ref = torch.nn.functional.softplus(dist(a, p) - an + 0.2).mean()
+    (rg,) = torch.autograd.grad(ref, xr, create_graph=True)
+    (rgg,) = torch.autograd.grad(rg.square().sum(), xr)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(g, rg)
+    torch.testing.assert_close(gg, rgg)
+
+
 @pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("kwargs", [{}, {"swap": True}, {"smooth_loss": True}])
 @pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3], [5]])

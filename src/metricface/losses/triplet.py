@@ -229,16 +229,20 @@ class _ChunkedTripletSum(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_count):  # type: ignore[override]
         dis, ref_dis = ctx.saved_tensors
         plan, loss = ctx.plan, ctx.loss
+        # under create_graph=True the chunk's gradient keeps its graph back to the distances,
+        # so second-order terms (the curvature of softplus) are not lost
+        create_graph = torch.is_grad_enabled()
         grad_dis = torch.zeros_like(dis)
         grad_ref = torch.zeros_like(ref_dis) if loss.swap else None
         for chunk in plan.chunks():
             d_ap, d_an, d_pn, valid = plan.gather(dis, ref_dis, chunk, loss.swap)
             with torch.enable_grad():
-                leaves = [t.detach().requires_grad_(True) for t in (d_ap, d_an)]
-                if d_pn is not None:
-                    leaves.append(d_pn.detach().requires_grad_(True))
+                leaves = [
+                    t if create_graph and t.requires_grad else t.detach().requires_grad_(True)
+                    for t in ((d_ap, d_an) if d_pn is None else (d_ap, d_an, d_pn))
+                ]
                 s, _ = loss._block(*leaves[:2], leaves[2] if d_pn is not None else None, valid)
-                grads = torch.autograd.grad(s, leaves, allow_unused=True)
+                grads = torch.autograd.grad(s, leaves, allow_unused=True, create_graph=create_graph)
             grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
             plan.scatter(
                 grad_dis,
