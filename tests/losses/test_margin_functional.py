@@ -317,6 +317,10 @@ def test_margin_cross_entropy_validates_inputs():
         margin_cross_entropy(cos, torch.tensor([0, 1, 2]), NoMargin(), 0.0)
     with pytest.raises(ValueError, match="reduction"):
         margin_cross_entropy(cos, torch.tensor([0, 1, 2]), NoMargin(), 1.0, reduction="avg")
+    with pytest.raises(TypeError, match="margin must be callable"):
+        margin_cross_entropy(cos, torch.tensor([0, 1, 2]), "arcface", 1.0)
+    with pytest.raises(TypeError, match="also needs the embedding norms"):
+        margin_cross_entropy(cos, torch.tensor([0, 1, 2]), AdaFaceMargin(), 1.0)
     with pytest.raises(ValueError, match="cos must have a non-empty shape"):
         margin_cross_entropy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NoMargin(), 1)
 

@@ -11,6 +11,7 @@ import torch
 
 from metricface.losses import (
     AdaFaceLoss,
+    AdaFaceMargin,
     ArcFaceLoss,
     CombinedMarginLoss,
     CosFaceLoss,
@@ -459,6 +460,10 @@ def test_accuracy_and_logits_validate_too():
         (lambda: AdaFaceLoss(C, D, momentum=0.0), "momentum must be in"),
         (lambda: CosFaceLoss(C, D, reduction="avg"), "reduction must be"),
         (lambda: MarginSoftmaxLoss(C, D, margin=0.5), "margin must be callable"),
+        (
+            lambda: MarginSoftmaxLoss(C, D, margin=AdaFaceMargin()),
+            r"AdaFaceMargin\(\.\.\.\) also needs the embedding norms.*AdaFaceLoss",
+        ),
     ],
 )
 def test_bad_parameters(factory, match):

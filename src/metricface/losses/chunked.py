@@ -35,7 +35,7 @@ from metricface._validation import (
     check_scalar,
 )
 from metricface.losses._fused_margin import _grad_floor, first_order_only
-from metricface.losses.functional import AdaFaceMargin
+from metricface.losses.functional import check_margin
 
 __all__ = ["chunked_margin_cross_entropy"]
 
@@ -265,13 +265,7 @@ def _check_margin(margin: object) -> None:
     :class:`~metricface.losses.functional.AdaFaceMargin` also needs the embedding norms, which
     the chunked and sharded paths do not pass; it is rejected here, before any compute.
     """
-    if isinstance(margin, AdaFaceMargin):
-        raise TypeError(
-            "margin=AdaFaceMargin(...) needs the embedding norms, which the chunked and sharded "
-            "losses do not pass; use AdaFaceLoss instead"
-        )
-    if not callable(margin):
-        raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
+    check_margin(margin, "the chunked and sharded losses cannot pass them; use AdaFaceLoss instead")
 
 
 def chunked_margin_cross_entropy(

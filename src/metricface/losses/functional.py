@@ -345,6 +345,21 @@ class AdaFaceMargin(Margin):
         return torch.cos(theta) - (m + m * z)
 
 
+def check_margin(margin: object, instead: str) -> None:
+    """Raise a TypeError unless ``margin`` maps the target cosines alone to target logits.
+
+    :class:`AdaFaceMargin` also needs the embedding norms; ``instead`` completes the message
+    with what to do in the caller's context. Cheap: call it before any compute.
+    """
+    if isinstance(margin, AdaFaceMargin):
+        raise TypeError(
+            f"margin=AdaFaceMargin(...) also needs the embedding norms, which are not passed "
+            f"here; {instead}"
+        )
+    if not callable(margin):
+        raise TypeError(f"margin must be callable (cos_target -> tensor), got {margin!r}")
+
+
 def _check_cos(cos: object, name: str = "cos") -> Tensor:
     if not isinstance(cos, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(cos).__name__}")
@@ -426,6 +441,7 @@ def margin_cross_entropy(
     check_scalar(scale, "scale", low=0.0, low_inclusive=False)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_margin(margin, "bind them, e.g. lambda c: ada(c, norms), or use AdaFaceLoss")
     labels = labels.to(device=cos.device, dtype=torch.long)
     logits = apply_margin(cos, labels, margin, scale)
     with torch.autocast(cos.device.type, enabled=False):

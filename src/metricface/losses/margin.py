@@ -37,6 +37,7 @@ from metricface.losses.functional import (
     CosFaceMargin,
     NoMargin,
     SphereFaceMargin,
+    check_margin,
     compute_dtype,
     subcenter_max,
 )
@@ -97,7 +98,9 @@ class MarginSoftmaxLoss(nn.Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         margin = NoMargin() if margin is None else margin
-        if not callable(margin):
+        if type(self).margin_for is MarginSoftmaxLoss.margin_for:  # margin gets cosines only
+            check_margin(margin, "use AdaFaceLoss instead")
+        elif not callable(margin):
             raise TypeError(f"margin must be callable, got {type(margin).__name__}")
         self.num_classes = int(num_classes)
         self.embedding_dim = int(embedding_dim)
