@@ -241,6 +241,25 @@ def test_adaface_training_uses_and_updates_running_stats():
     torch.testing.assert_close(clone.eval()(emb, labels), loss_fn(emb, labels))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adaface_running_stats_accumulate_in_float32_for_a_half_precision_module(dtype):
+    # updates of momentum * (batch - running) fall below half precision's resolution near 20:
+    # bfloat16 buffers would stop short of the batch statistics for good
+    loss_fn = AdaFaceLoss(C, D, momentum=0.01).to(dtype)
+    assert loss_fn.weight.dtype == dtype
+    g = torch.Generator().manual_seed(19)
+    mean, std = torch.tensor(20.0, dtype=torch.float64), torch.tensor(100.0, dtype=torch.float64)
+    for _ in range(300):
+        direction = torch.nn.functional.normalize(torch.randn(32, D, generator=g), dim=1)
+        emb = (direction * (25 + 5 * torch.randn(32, 1, generator=g))).to(dtype)
+        loss_fn(emb, torch.randint(0, C, (32,), generator=g))
+        norms = emb.double().norm(dim=1).clamp(1e-3, 100)
+        mean, std = 0.99 * mean + 0.01 * norms.mean(), 0.99 * std + 0.01 * norms.std()
+    torch.testing.assert_close(loss_fn.running_mean.double(), mean, rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss_fn.running_std.double(), std, rtol=1e-5, atol=0)
+    assert loss_fn.running_mean.dtype == loss_fn.running_std.dtype == torch.float32
+
+
 @pytest.mark.parametrize(
     "make",
     [

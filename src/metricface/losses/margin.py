@@ -348,7 +348,8 @@ class AdaFaceLoss(MarginSoftmaxLoss):
     See :class:`~metricface.losses.functional.AdaFaceMargin` for the formula. The module owns the
     running mean and standard deviation of the (clipped, detached) embedding norms as buffers
     ``running_mean`` / ``running_std`` (initialised to 20 and 100 as in the reference code, saved
-    in the ``state_dict``). In training mode each call first updates them,
+    in the ``state_dict``; float32 also when the module is cast to float16 or bfloat16, whose
+    resolution cannot hold the small updates). In training mode each call first updates them,
     ``running = (1 - momentum) * running + momentum * batch``, then uses them; in eval mode they
     are used unchanged. The statistics are those of the local batch (not synchronised across
     processes).
@@ -392,6 +393,17 @@ class AdaFaceLoss(MarginSoftmaxLoss):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", momentum={self.momentum}"
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # ``.half()`` / ``.to(torch.bfloat16)`` would lower the running statistics too, and
+        # updates of ``momentum * (batch - running)`` fall below half precision's resolution
+        # (bfloat16 stops moving within about 6 of 20): keep them float32 (float64 stays).
+        super()._apply(fn, recurse)
+        for name in ("running_mean", "running_std"):
+            buf = getattr(self, name)
+            if buf.dtype in (torch.float16, torch.bfloat16):
+                setattr(self, name, buf.float())
+        return self
 
     def margin_for(self, embeddings: Tensor) -> Callable[[Tensor], Tensor]:
         margin: AdaFaceMargin = self.margin  # type: ignore[assignment]
