@@ -241,6 +241,29 @@ def test_adaface_training_uses_and_updates_running_stats():
     torch.testing.assert_close(clone.eval()(emb, labels), loss_fn(emb, labels))
 
 
+@pytest.mark.parametrize("sub_centers", [1, 2])
+def test_custom_margin_sees_cosines_clamped_to_one(sub_centers):
+    # the product of two unit vectors rounds past 1 when an embedding equals its class center;
+    # a custom margin written with acos must still get a cosine in [-1, 1] (as in
+    # chunked_margin_cross_entropy and PartialFCLoss), not return NaN
+    def acos_arcface(c):
+        return torch.cos(torch.acos(c) + 0.5)
+
+    torch.manual_seed(20)
+    loss_fn = MarginSoftmaxLoss(200, 64, acos_arcface, 64.0, sub_centers, reduction="none")
+    labels = torch.arange(200)
+    emb = loss_fn.weight.detach()[labels * sub_centers] * 37.0
+    assert (loss_fn.logits(emb).diagonal() > 1).any()  # the case this test is about
+    loss = loss_fn(emb, labels)
+    e64, w64 = emb.double(), loss_fn.weight.detach().double()
+    cos = (e64 / e64.norm(dim=1, keepdim=True)) @ (w64 / w64.norm(dim=1, keepdim=True)).t()
+    cos = cos.reshape(200, 200, sub_centers).amax(dim=2).clamp(-1.0, 1.0)
+    logits = 64.0 * cos
+    logits[labels, labels] = 64.0 * torch.cos(torch.acos(cos[labels, labels]) + 0.5)
+    ref = torch.logsumexp(logits, dim=1) - logits[labels, labels]
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_adaface_running_stats_accumulate_in_float32_for_a_half_precision_module(dtype):
     # updates of momentum * (batch - running) fall below half precision's resolution near 20:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from metricface.losses.functional import compute_dtype
+from metricface.losses.functional import _clamp_cos, compute_dtype
 
 _NORM_EPS = 1e-12
 
@@ -219,7 +219,8 @@ class _FusedMarginSoftmax(torch.autograd.Function):
             target = buf[rows, labels] / scale
             with torch.enable_grad():
                 t = target.detach().requires_grad_(True)
-                new_target = margin(t)
+                # in [-1, 1] (identity gradient): rounding puts x.w just past 1 for x = w
+                new_target = margin(_clamp_cos(t))
                 if new_target.requires_grad:
                     (d_target,) = torch.autograd.grad(new_target.sum(), t)
                 else:

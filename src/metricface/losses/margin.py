@@ -66,8 +66,10 @@ class MarginSoftmaxLoss(nn.Module):
     embedding_dim : int
         Embedding size ``D``.
     margin : callable
-        Maps the target cosines, shape (B,), to target logits before scaling, e.g.
-        :class:`~metricface.losses.functional.ArcFaceMargin`. Default: no margin.
+        Maps the target cosines, shape (B,), float32 (float64 for float64 inputs) and clamped
+        to ``[-1, 1]``, to target logits before scaling, e.g.
+        :class:`~metricface.losses.functional.ArcFaceMargin`. Default: no margin. Its
+        derivative is taken by autograd; parameters of the margin receive no gradient.
     scale : float
         Logit scale ``s > 0``.
     sub_centers : int
