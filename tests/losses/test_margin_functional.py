@@ -295,6 +295,24 @@ def test_margin_cross_entropy_takes_every_integer_label_dtype(label_dtype):
     )
 
 
+def test_custom_margin_gets_cosines_clamped_to_one():
+    # the module docstring promises clamped cosines: a custom acos margin must not see 1 + eps
+    cos = torch.tensor([[1.0 + 2e-7, 0.3, -0.2], [0.1, -1.0 - 2e-7, 0.4]])
+    labels = torch.tensor([0, 1])
+
+    def acos_arcface(c):
+        return torch.cos(torch.acos(c) + 0.5)
+
+    loss = margin_cross_entropy(cos, labels, acos_arcface, 10.0, reduction="none")
+    expected = ref_margin_ce(
+        np.clip(cos.double().numpy(), -1, 1),
+        labels.numpy(),
+        lambda c: np.cos(np.arccos(c) + 0.5),
+        10.0,
+    )
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.cuda
 def test_margin_cross_entropy_takes_labels_on_another_device():
     g = torch.Generator().manual_seed(7)

@@ -404,7 +404,7 @@ def apply_margin(
         has_target = labels >= 0
         index = labels.clamp_min(0).unsqueeze(1)
         target = cos.gather(1, index).squeeze(1).to(dtype)
-        new_target = torch.where(has_target, margin(target).to(dtype), target) * scale
+        new_target = torch.where(has_target, margin(_clamp_cos(target)).to(dtype), target) * scale
         return logits.scatter_(1, index, new_target.unsqueeze(1))
 
 
