@@ -57,7 +57,9 @@ class TripletMarginLoss(TupleLoss):
     distance : {"euclidean", "cosine"}
         The measure.
     chunk_elements : int
-        Block size of the chunked all-triplet path (``swap`` / ``smooth_loss``).
+        Number of triplet terms evaluated at once on the chunked paths: mined
+        ``indices_tuple`` triplets, and all triplets of the batch except on the sorted hinge
+        path (see the module docstring).
 
     Notes
     -----
