@@ -264,6 +264,27 @@ def test_custom_margin_sees_cosines_clamped_to_one(sub_centers):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_adaface_non_finite_batch_does_not_poison_running_stats(bad):
+    # mixed-precision training skips a step whose loss is not finite; the running statistics
+    # must not keep that batch's NaN (or overflowed norm), or every later loss is NaN too
+    torch.manual_seed(21)
+    loss_fn = AdaFaceLoss(C, D, margin=0.4, momentum=0.3).double()
+    emb, labels = _inputs(torch.float64, seed=22)
+    broken = emb.detach().clone()
+    broken[3] = bad
+    assert not torch.isfinite(loss_fn(broken, labels))
+    torch.testing.assert_close(loss_fn.running_mean, torch.tensor(20.0, dtype=torch.float64))
+    torch.testing.assert_close(loss_fn.running_std, torch.tensor(100.0, dtype=torch.float64))
+    loss = loss_fn(emb, labels)  # the next batch trains as if the broken one never came
+    norms = emb.detach().norm(dim=1).clamp(1e-3, 100)
+    mean, std = 0.7 * 20 + 0.3 * norms.mean(), 0.7 * 100 + 0.3 * norms.std()
+    ref = reference_loss(
+        emb.detach(), loss_fn.weight.detach(), labels, _adaface(0.4, 0.333, 1e-3, mean, std), 64.0
+    )
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_adaface_running_stats_accumulate_in_float32_for_a_half_precision_module(dtype):
     # updates of momentum * (batch - running) fall below half precision's resolution near 20:

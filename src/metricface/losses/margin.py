@@ -353,8 +353,9 @@ class AdaFaceLoss(MarginSoftmaxLoss):
     in the ``state_dict``; float32 also when the module is cast to float16 or bfloat16, whose
     resolution cannot hold the small updates). In training mode each call first updates them,
     ``running = (1 - momentum) * running + momentum * batch``, then uses them; in eval mode they
-    are used unchanged. The statistics are those of the local batch (not synchronised across
-    processes).
+    are used unchanged. A batch holding a non-finite embedding (whose loss is not finite, a
+    step mixed-precision training skips) leaves them unchanged. The statistics are those of the
+    local batch (not synchronised across processes).
 
     Parameters
     ----------
@@ -413,8 +414,12 @@ class AdaFaceLoss(MarginSoftmaxLoss):
         if self.training:
             with torch.no_grad():
                 mean, std = margin.batch_stats(margin.clip_norms(norms))
-                self.running_mean.lerp_(mean.to(self.running_mean), self.momentum)
-                self.running_std.lerp_(std.to(self.running_std), self.momentum)
+                # a batch with a non-finite embedding gives a non-finite loss, a step that mixed
+                # precision skips: leave the statistics alone too (no host synchronisation)
+                keep = torch.isfinite(norms).all()
+                for running, batch in ((self.running_mean, mean), (self.running_std, std)):
+                    updated = running.lerp(batch.to(running), self.momentum)
+                    running.copy_(torch.where(keep, updated, running))
         mean, std = self.running_mean.clone(), self.running_std.clone()
 
         def bound(cos_target: Tensor) -> Tensor:
