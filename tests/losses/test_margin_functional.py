@@ -211,6 +211,22 @@ def test_adaface_extremes_are_cosface_and_arcface():
     torch.testing.assert_close(low, torch.cos(theta))
 
 
+def test_adaface_rejects_norms_of_another_shape():
+    # the reference code keeps the norms as (B, 1): broadcasting them against (B,) cosines
+    # would silently give a (B, B) result
+    margin = AdaFaceMargin()
+    cos = torch.tensor([0.1, 0.5, -0.3])
+    with pytest.raises(
+        ValueError, match=r"norms must have the shape of cos_target \(3,\), got \(3, 1\)"
+    ):
+        margin(cos, torch.tensor([[10.0], [20.0], [30.0]]))
+    with pytest.raises(TypeError, match="norms must be a torch.Tensor, got list"):
+        margin(cos, [10.0, 20.0, 30.0])
+    out = margin(cos, torch.tensor([10.0, 20.0, 30.0]))
+    expected = ref_adaface(cos.double().numpy(), np.array([10.0, 20.0, 30.0]), 0.4, 0.333, 1e-3)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_adaface_single_sample_is_finite():
     x = torch.tensor([0.3], requires_grad=True)
     out = AdaFaceMargin()(x, torch.tensor([10.0]))

@@ -338,6 +338,13 @@ class AdaFaceMargin(Margin):
         -------
         Tensor, shape (B,)
         """
+        if not isinstance(norms, torch.Tensor):
+            raise TypeError(f"norms must be a torch.Tensor, got {type(norms).__name__}")
+        if norms.shape != cos_target.shape:  # (B, 1) norms would broadcast to (B, B)
+            raise ValueError(
+                f"norms must have the shape of cos_target {tuple(cos_target.shape)}, "
+                f"got {tuple(norms.shape)}"
+            )
         cos = _clamp_cos(cos_target)
         z = self.quality(norms, norm_mean, norm_std).to(cos.dtype)
         m = self.margin
