@@ -64,3 +64,16 @@ def test_self_distance_is_zero_with_zero_gradient():
 def test_unknown_distance_is_a_clear_error():
     with pytest.raises(ValueError, match=r"distance must be one of \('euclidean', 'cosine'\)"):
         pairwise_matrix(torch.randn(2, 3), distance="manhattan")
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("other", [torch.float16, torch.float32])
+def test_mixed_float64_and_lower_precision_inputs_compute_in_float64(distance, other):
+    # e.g. a float64 memory bank as ref_emb for float32 embeddings
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 6, generator=g).to(other)
+    for a, b in ((x, y), (y, x)):
+        out = pairwise_matrix(a, b, distance)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, _reference(a, b, distance), atol=1e-12, rtol=0)

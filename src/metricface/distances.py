@@ -11,7 +11,7 @@ embedding. Two measures are offered:
     Cosine similarity, in ``[-1, 1]`` (larger = more alike), like ``CosineSimilarity()``.
 
 Numerics: float16 and bfloat16 inputs are computed in float32 and the matrix is returned in
-float32 (losses cast their scalar result back). :func:`torch.cdist` returns exactly 0 for
+float32 (losses cast their scalar result back); a float64 input makes the whole matrix float64. :func:`torch.cdist` returns exactly 0 for
 duplicated embeddings and its gradient there is 0, never NaN (the square root's infinite slope
 at 0 is masked). The matrices are ``(B, R)``: O(B^2) memory, never more.
 """
@@ -41,6 +41,12 @@ def _working(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _common_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in their promoted dtype (float64 when either is), as the kernels need one dtype."""
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dtype), y.to(dtype)
+
+
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Scale each row of ``x`` (shape ``(B, D)``) to unit L2 norm; all-zero rows stay zero."""
     return F.normalize(_working(x), p=2, dim=1, eps=eps)
@@ -65,6 +71,8 @@ def euclidean_distance_matrix(
     torch.Tensor
         Shape ``(B, R)``, float32 or float64.
     """
+    if y is not None:
+        x, y = _common_dtype(x, y)
     xw = l2_normalize(x) if normalize else _working(x)
     if y is None:
         yw = xw
@@ -81,6 +89,8 @@ def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> 
     torch.Tensor
         Shape ``(B, R)``, float32 or float64, values in ``[-1, 1]``.
     """
+    if y is not None:
+        x, y = _common_dtype(x, y)
     xn = l2_normalize(x)
     yn = xn if y is None else l2_normalize(y)
     with torch.autocast(xn.device.type, enabled=False):  # keep float32 under autocast
