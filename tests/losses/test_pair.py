@@ -162,6 +162,10 @@ def test_input_errors():
         loss(y, y)
     with pytest.raises(TypeError, match="pos_margin must be a real number"):
         ContrastiveLoss(pos_margin="0")
+    with pytest.raises(ValueError, match=r"ref_emb must be on the same device as embeddings"):
+        loss(x, y, ref_emb=x.to("meta"), ref_labels=y)
+    with pytest.raises(ValueError, match=r"x2 must be on the same device as x1"):
+        loss.forward_pairs(x, x.to("meta"), torch.ones(6))
 
 
 def _all_losses():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metricface._validation import check_embeddings, check_scalar
+from metricface._validation import check_embeddings, check_same_device, check_scalar
 from metricface.distances import l2_normalize
 from metricface.losses._tuple_loss import TupleLoss, mean_nonzero, zero_with_graph
 from metricface.miners._tuples import to_pairs
@@ -129,6 +129,7 @@ class ContrastiveLoss(TupleLoss):
         """
         check_embeddings(x1, "x1")
         check_embeddings(x2, "x2")
+        check_same_device(x2, "x2", x1, "x1")
         if x1.shape != x2.shape:
             raise ValueError(
                 f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
