@@ -347,6 +347,17 @@ def _sharded_worker(rank: int, world_size: int):
     head(ddp(_inputs()[start : start + SIZES[rank]]), local_y).backward()
     out["ddp_grad"] = backbone.weight.grad.clone()
     out["ddp_head_grad"] = head.weight.grad.clone()
+    # the documented fix: scale the gradient entering the backbone by world_size, which gives
+    # one process's gradient exactly (for any optimizer, weight decay included)
+    backbone = _backbone()
+    ddp = torch.nn.parallel.DistributedDataParallel(backbone)
+    head = PartialFCLoss(NUM_CLASSES, DIM, margin=arcface_safe, scale=SCALE, dtype=torch.float64)
+    head.load_full_weight(w)
+    emb = ddp(_inputs()[start : start + SIZES[rank]])
+    emb.register_hook(lambda grad: grad * world_size)
+    head(emb, local_y).backward()
+    out["ddp_hook_grad"] = backbone.weight.grad.clone()
+    out["ddp_hook_head_grad"] = head.weight.grad.clone()
     return out
 
 
@@ -400,6 +411,8 @@ def test_sharded_equals_single_process_dense():
         start, stop = shard_range(NUM_CLASSES, 2, rank)
         torch.testing.assert_close(out["ddp_grad"], backbone.weight.grad / 2)
         torch.testing.assert_close(out["ddp_head_grad"], w_ref.grad[start:stop])
+        torch.testing.assert_close(out["ddp_hook_grad"], backbone.weight.grad)
+        torch.testing.assert_close(out["ddp_hook_head_grad"], w_ref.grad[start:stop])
 
     t_loss, t_gx, t_gw = _reference_grads(x, w[:1], torch.zeros_like(y))
     assert results[1]["t_gw"].shape == (0, DIM)

@@ -40,8 +40,9 @@ Every rank returns the same loss, the mean over the global batch. Gradients:
 * each rank's input embeddings receive the gradient of the global loss with respect to them
   (the all-gather's backward sums the shards' contributions). A backbone wrapped in DDP then
   gets its gradients averaged over ranks, which is ``1 / W`` times the gradient of the global
-  loss: scale the backbone's learning rate by ``W`` to match one process
-  training on the whole global batch.
+  loss: to match one process training on the whole global batch, scale the gradient entering
+  the backbone by ``W`` (``embeddings.register_hook(lambda g: g * W)``). Scaling the
+  backbone's learning rate by ``W`` instead is equivalent only for SGD without weight decay.
 
 Collectives used: all-gather, all-reduce (sum and max) and broadcast, all on tensors living on
 the inputs' device, so NCCL and gloo both work.
