@@ -300,8 +300,8 @@ def test_adaface_running_stats_accumulate_in_float32_for_a_half_precision_module
         loss_fn(emb, torch.randint(0, C, (32,), generator=g))
         norms = emb.double().norm(dim=1).clamp(1e-3, 100)
         mean, std = 0.99 * mean + 0.01 * norms.mean(), 0.99 * std + 0.01 * norms.std()
-    torch.testing.assert_close(loss_fn.running_mean.double(), mean, rtol=1e-5, atol=0)
-    torch.testing.assert_close(loss_fn.running_std.double(), std, rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss_fn.running_mean.double(), mean, rtol=1e-4, atol=0)
+    torch.testing.assert_close(loss_fn.running_std.double(), std, rtol=1e-4, atol=0)
     assert loss_fn.running_mean.dtype == loss_fn.running_std.dtype == torch.float32
 
 
