@@ -32,6 +32,13 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     g.add_argument("--eval-identities", type=int, default=50, help="held-out identities")
     g.add_argument("--eval-images", type=int, default=8, help="images per held-out identity")
     g.add_argument("--image-size", type=int, default=None, help="default 64 synthetic, 112 data")
+    g.add_argument(
+        "--on-bad-image",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an undecodable file in --data: stop naming it, or warn and use another image "
+        "of the same identity",
+    )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="iresnet18", help="iresnet18/34/50/100, resnet18/...")
@@ -157,7 +164,7 @@ def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, An
         )
         return train, held, held_raw
     size = args.image_size or 112
-    full = IdentityFolder(args.data, transform=train_transform(size))
+    full = IdentityFolder(args.data, transform=train_transform(size), on_error=args.on_bad_image)
     train, held = full.split_by_identity(args.eval_identities, seed=args.seed)
     per: dict[int, int] = {}
     keep = []
@@ -169,7 +176,10 @@ def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, An
     held_raw = Subset(held, keep)
     held_raw.labels = held.labels[keep]
     held_eval = IdentityFolder.from_samples(
-        [held.samples[i] for i in keep], held.label_map, transform=eval_transform(size)
+        [held.samples[i] for i in keep],
+        held.label_map,
+        transform=eval_transform(size),
+        on_error=args.on_bad_image,
     )
     return train, held_eval, held_raw
 

@@ -60,6 +60,8 @@ def one_cycle(opt, args: argparse.Namespace, steps_per_epoch: int):
     """One-cycle schedule whose warm-up lasts ``--warmup-epochs`` (at most half the run)."""
     pct = min(0.5, max(args.warmup_epochs, 1e-3) / max(args.epochs, 1))
     total = max(1, args.epochs * steps_per_epoch)
+    if round(pct * total, 6) == 1:  # a one-step warm-up, where OneCycleLR divides by zero
+        pct = 0.5 / total
     return torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=pct)
 
 

@@ -278,3 +278,40 @@ def test_tiny_sets_defaults_that_explicit_flags_override():
     assert (args.batch_size, args.epochs, args.identities, args.P) == (32, 2, 24, 8)
     args = ex.parse_args(["--tiny", "--batch-size", "8", "--epochs", "3", "--P", "4"])
     assert (args.batch_size, args.epochs, args.identities, args.P) == (8, 3, 24, 4)
+
+
+@pytest.mark.slow
+def test_undecodable_images_stop_the_run_or_are_skipped_as_asked(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for ident in range(12):
+        folder = tmp_path / "data" / f"id{ident:02d}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            pixels = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{k}.jpg")
+        (folder / "0_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    args = ("--tiny", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "8")
+    args += ("--no-plots", "--output", str(tmp_path / "run"))
+    err = _run("train_vggface2.py", *args, fails=True)
+    assert "cannot decode image file" in err and "0_truncated.jpg" in err
+    stdout = _run("train_vggface2.py", *args, "--on-bad-image", "skip")
+    assert "trained EER" in stdout
+    stdout = _run("train_pairs.py", *args, "--on-bad-image", "skip")
+    assert "trained EER" in stdout
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch"), [(8, 1), (1, 2), (3, 1), (2, 5)])
+def test_one_cycle_schedule_runs_for_any_number_of_steps(epochs, steps_per_epoch):
+    """One batch per epoch made the warm-up one step long, where OneCycleLR divides by zero."""
+    ex = _example("train_pairs")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    args = ex.argparse.Namespace(epochs=epochs, warmup_epochs=1.0, lr=0.1)
+    sched = ex.one_cycle(opt, args, steps_per_epoch)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(epochs * steps_per_epoch):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs) and max(lrs) > 0.05
