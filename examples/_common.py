@@ -54,7 +54,9 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--output", help="output directory (default runs/<script>-<time>)")
-    g.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (CI)")
+    g.add_argument(
+        "--tiny", action="store_true", help="small defaults for a seconds-long smoke run (CI)"
+    )
 
 
 #: What ``--tiny`` shrinks (a seconds-long smoke run); flags given explicitly still win.
