@@ -220,6 +220,8 @@ def main(argv=None) -> dict:
         history = list(ckpt["extra"].get("history", []))
         if main_proc:
             print(f"resumed from {path} at epoch {start_epoch}, step {step}")
+            if start_epoch >= args.epochs:
+                print(f"all {args.epochs} epochs are done: nothing left to train, evaluating")
 
     tb = None
     if main_proc:

@@ -227,7 +227,7 @@ def test_resume_with_another_configuration_is_refused(full_run, tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
     # what does not change the result may differ: workers, progress bars, plots
     stdout = _run("train_vggface2.py", *common, "--workers", "1", "--no-progress")
-    assert "resumed from" in stdout
+    assert "resumed from" in stdout and "nothing left to train" in stdout
 
 
 @pytest.mark.slow
