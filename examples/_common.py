@@ -167,6 +167,11 @@ def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, An
         return train, held, held_raw
     size = args.image_size or 112
     full = IdentityFolder(args.data, transform=train_transform(size), on_error=args.on_bad_image)
+    if not 0 < args.eval_identities < len(full.label_map):
+        raise ValueError(
+            f"--eval-identities {args.eval_identities} must leave identities both to train on "
+            f"and to hold out: {args.data!r} has {len(full.label_map)} identities with images"
+        )
     train, held = full.split_by_identity(args.eval_identities, seed=args.seed)
     per: dict[int, int] = {}
     keep = []

@@ -158,6 +158,16 @@ def test_trains_on_an_identity_folder_of_mixed_size_jpegs(tmp_path):
         fails=True,
     )
     assert "no full batch" in err and "--batch-size 17" in err
+    # the default 50 held-out identities do not fit in 12: the error names the flag
+    err = _run(
+        "train_vggface2.py",
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "run3"),
+        fails=True,
+    )
+    assert "--eval-identities 50" in err and "12 identities" in err
 
 
 @pytest.mark.slow
