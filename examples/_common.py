@@ -32,6 +32,13 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     g.add_argument("--eval-identities", type=int, default=50, help="held-out identities")
     g.add_argument("--eval-images", type=int, default=8, help="images per held-out identity")
     g.add_argument("--image-size", type=int, default=None, help="default 64 synthetic, 112 data")
+    g.add_argument(
+        "--on-bad-image",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an undecodable file in --data: stop naming it, or warn and use another image "
+        "of the same identity",
+    )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="iresnet18", help="iresnet18/34/50/100, resnet18/...")
@@ -47,15 +54,90 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--output", help="output directory (default runs/<script>-<time>)")
-    g.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (CI)")
+    g.add_argument(
+        "--tiny", action="store_true", help="small defaults for a seconds-long smoke run (CI)"
+    )
 
 
-def apply_tiny(args: argparse.Namespace) -> None:
-    """Shrink everything for a smoke run."""
-    args.identities, args.images_per_identity = 24, 4
-    args.eval_identities, args.eval_images = 8, 4
-    args.image_size, args.width, args.embedding_dim = 32, 0.125, 32
-    args.epochs, args.batch_size = min(args.epochs, 2), 32
+#: What ``--tiny`` shrinks (a seconds-long smoke run); flags given explicitly still win.
+TINY = dict(
+    identities=24,
+    images_per_identity=4,
+    eval_identities=8,
+    eval_images=4,
+    image_size=32,
+    width=0.125,
+    embedding_dim=32,
+    epochs=2,
+    batch_size=32,
+)
+
+
+def parse_args(
+    p: argparse.ArgumentParser, argv: list[str] | None = None, **tiny: Any
+) -> argparse.Namespace:
+    """Parse ``argv``; with ``--tiny``, :data:`TINY` (and ``tiny``) replace the defaults."""
+    args = p.parse_args(argv)
+    if args.tiny:
+        p.set_defaults(**TINY, **tiny)
+        args = p.parse_args(argv)
+    return args
+
+
+def check_batches(loader: DataLoader, what: str) -> int:
+    """Batches per epoch of ``loader``; an error if ``drop_last`` leaves none."""
+    n = len(loader)
+    if n == 0:
+        raise ValueError(
+            f"an epoch holds no full batch: {len(loader.sampler)} {what} and --batch-size "
+            f"{loader.batch_size} (the last partial batch is dropped); lower --batch-size"
+        )
+    return n
+
+
+#: Settings a resumed run must share with its checkpoint: they define the data, the model, the
+#: loss, the sampling and the whole learning-rate schedule (``--epochs`` included).
+RESUME_KEYS = (
+    "data",
+    "identities",
+    "images_per_identity",
+    "eval_identities",
+    "eval_images",
+    "image_size",
+    "backbone",
+    "width",
+    "embedding_dim",
+    "loss",
+    "margin",
+    "scale",
+    "miner",
+    "P",
+    "K",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "seed",
+    "amp",
+)
+
+
+def check_resume_config(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """Refuse to resume a checkpoint written with other :data:`RESUME_KEYS` settings."""
+    now = vars(args)
+    diff = [
+        f"--{k.replace('_', '-')}: {saved[k]} in the checkpoint, {now[k]} now"
+        for k in RESUME_KEYS
+        if k in saved and saved[k] != now.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"cannot resume {str(path)!r} with other settings than it was trained with:\n  "
+            + "\n  ".join(diff)
+            + "\nrun with the checkpoint's settings, or start a new run in another --output"
+        )
 
 
 def output_dir(args: argparse.Namespace, script: str) -> Path:
@@ -84,7 +166,12 @@ def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, An
         )
         return train, held, held_raw
     size = args.image_size or 112
-    full = IdentityFolder(args.data, transform=train_transform(size))
+    full = IdentityFolder(args.data, transform=train_transform(size), on_error=args.on_bad_image)
+    if not 0 < args.eval_identities < len(full.label_map):
+        raise ValueError(
+            f"--eval-identities {args.eval_identities} must leave identities both to train on "
+            f"and to hold out: {args.data!r} has {len(full.label_map)} identities with images"
+        )
     train, held = full.split_by_identity(args.eval_identities, seed=args.seed)
     per: dict[int, int] = {}
     keep = []
@@ -96,7 +183,10 @@ def build_datasets(args: argparse.Namespace, *, distortions=()) -> tuple[Any, An
     held_raw = Subset(held, keep)
     held_raw.labels = held.labels[keep]
     held_eval = IdentityFolder.from_samples(
-        [held.samples[i] for i in keep], held.label_map, transform=eval_transform(size)
+        [held.samples[i] for i in keep],
+        held.label_map,
+        transform=eval_transform(size),
+        on_error=args.on_bad_image,
     )
     return train, held_eval, held_raw
 
@@ -130,18 +220,26 @@ def raw_pixel_report(held_raw, size: int) -> Any:
 
 
 class CsvLog:
-    """Appends one row per epoch; survives resume (the header is written once)."""
+    """One row per epoch of this run.
 
-    def __init__(self, path: Path, fields: list[str]) -> None:
+    The file is started afresh, keeping the first ``keep`` rows of an existing one: a resumed
+    run keeps the epochs its checkpoint holds and drops any later ones, which it redoes.
+    """
+
+    def __init__(self, path: Path, fields: list[str], keep: int = 0) -> None:
         self.path, self.fields = path, fields
+        rows: list[list[str]] = []
+        if keep > 0 and path.exists():
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))[1 : keep + 1]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            w.writerows(rows)
 
     def write(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
 
 
 def progress(iterable, total: int, desc: str, enabled: bool):

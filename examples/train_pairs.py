@@ -60,6 +60,8 @@ def one_cycle(opt, args: argparse.Namespace, steps_per_epoch: int):
     """One-cycle schedule whose warm-up lasts ``--warmup-epochs`` (at most half the run)."""
     pct = min(0.5, max(args.warmup_epochs, 1e-3) / max(args.epochs, 1))
     total = max(1, args.epochs * steps_per_epoch)
+    if round(pct * total, 6) == 1:  # a one-step warm-up, where OneCycleLR divides by zero
+        pct = 0.5 / total
     return torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=pct)
 
 
@@ -71,9 +73,7 @@ def main(argv=None) -> dict:
     p.add_argument("--neg-margin", type=float, default=1.0, help="contrastive negative margin")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
-    if args.tiny:
-        C.apply_tiny(args)
+    args = C.parse_args(p, argv)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     out = C.output_dir(args, "train_pairs")
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
         drop_last=True,
         num_workers=args.workers,
     )
-    sched = one_cycle(opt, args, len(loader))
+    sched = one_cycle(opt, args, C.check_batches(loader, "pairs per epoch"))
     log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"])
     baseline = C.raw_pixel_report(held_raw, size)
     print(f"raw-pixel baseline EER {baseline.eer:.4f}")

@@ -68,10 +68,7 @@ def main(argv=None) -> dict:
     C.add_common_args(p, epochs=6, lr=0.1)
     p.add_argument("--stage2-epochs", type=int, default=3)
     p.add_argument("--stage2-lr", type=float, default=0.01)
-    args = p.parse_args(argv)
-    if args.tiny:
-        C.apply_tiny(args)
-        args.stage2_epochs = 1
+    args = C.parse_args(p, argv, stage2_epochs=1)
     if args.data is not None:
         p.error("this example draws distortions with SyntheticFaces; --data is not supported")
     torch.manual_seed(args.seed)
@@ -88,7 +85,7 @@ def main(argv=None) -> dict:
     loader = DataLoader(
         train, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers
     )
-    sched = one_cycle(opt, args, len(loader))
+    sched = one_cycle(opt, args, C.check_batches(loader, "training images per epoch"))
     for epoch in range(args.epochs):
         model.train()
         total = 0.0

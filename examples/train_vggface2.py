@@ -78,7 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     C.add_common_args(p, epochs=8, lr=0.1)
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=(*CLASS_LOSSES, *PAIR_LOSSES), default="cosface")
-    g.add_argument("--margin", type=float, help="loss margin (radians for arcface)")
+    g.add_argument(
+        "--margin",
+        type=float,
+        help="margin of the loss (radians for arcface; contrastive: the negative margin)",
+    )
     g.add_argument(
         "--scale", type=float, help="logit scale of margin losses (default 32; adaface 64)"
     )
@@ -95,12 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     g.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
+    args = C.parse_args(p, argv, P=8, K=4)
     if args.resume == "auto" and not args.output:
         p.error("--resume without a path needs --output (the run directory to continue)")
-    if args.tiny:
-        C.apply_tiny(args)
-        args.P, args.K = min(args.P, 8), min(args.K, 4)
+    if args.margin is not None and args.loss == "normsoftmax":
+        p.error("--margin: --loss normsoftmax has no margin")
+    if args.scale is not None and args.loss in PAIR_LOSSES:
+        p.error(f"--scale: --loss {args.loss} has no logit scale")
     return args
 
 
@@ -111,7 +116,7 @@ def build_loss(args, num_classes: int, distributed: bool) -> tuple[nn.Module, nn
             kw["margin"] = args.margin
         return CLASS_LOSSES[args.loss](num_classes, args.embedding_dim, **kw), None
     base = (
-        losses.ContrastiveLoss()
+        losses.ContrastiveLoss(neg_margin=args.margin)
         if args.loss == "contrastive"
         else losses.TripletMarginLoss(margin=args.margin if args.margin is not None else 0.1)
     )
@@ -182,7 +187,7 @@ def main(argv=None) -> dict:
         opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(make_loader(0))
+    steps_per_epoch = C.check_batches(make_loader(0), "training images per epoch")
     sched = make_scheduler(opt, args, steps_per_epoch)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -198,6 +203,8 @@ def main(argv=None) -> dict:
     ckpt_path = (Path(args.output) if args.output else Path(".")) / "checkpoint.pt"
     if args.resume:
         path = ckpt_path if args.resume == "auto" else Path(args.resume)
+        saved = load_checkpoint(path, restore_rng=False)["extra"].get("config", {})
+        C.check_resume_config(saved, args, path)
         ckpt = load_checkpoint(
             path,
             model=objective,
@@ -213,6 +220,8 @@ def main(argv=None) -> dict:
         history = list(ckpt["extra"].get("history", []))
         if main_proc:
             print(f"resumed from {path} at epoch {start_epoch}, step {step}")
+            if start_epoch >= args.epochs:
+                print(f"all {args.epochs} epochs are done: nothing left to train, evaluating")
 
     tb = None
     if main_proc:
@@ -236,6 +245,7 @@ def main(argv=None) -> dict:
                 "tar@far=0.1",
                 "seconds",
             ],
+            keep=start_epoch,
         )
         if args.tensorboard:
             from metricface._optional import require

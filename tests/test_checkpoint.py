@@ -260,3 +260,21 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_file_raises_a_clear_error_naming_it(tmp_path, damage):
+    """A checkpoint cut short by a full disk or a copy is reported as such, with its path."""
+    model, _, _ = _make()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, model=model, epoch=1, step=1)
+    data = path.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = b""
+    else:
+        data = b"hello world" * 10
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"c\.pt.*(truncated|corrupt)"):
+        load_checkpoint(path, model=model)

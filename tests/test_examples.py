@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def _run(script: str, *args: str, nproc: int = 1) -> str:
+def _run(script: str, *args: str, nproc: int = 1, fails: bool = False) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     launcher = [sys.executable]
@@ -29,8 +31,25 @@ def _run(script: str, *args: str, nproc: int = 1) -> str:
         env=env,
         timeout=600,
     )
+    if fails:  # the run must stop with an error; its message is returned
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        return proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def _example(name: str):
+    """Import an example script as a module (its ``main`` and helpers, no run)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def _log_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +134,8 @@ def test_trains_on_an_identity_folder_of_mixed_size_jpegs(tmp_path):
         str(tmp_path / "data"),
         "--epochs",
         "1",
+        "--batch-size",
+        "8",
         "--no-plots",
         "--output",
         str(tmp_path / "run"),
@@ -122,6 +143,31 @@ def test_trains_on_an_identity_folder_of_mixed_size_jpegs(tmp_path):
     # --tiny holds out 8 identities with 4 images each
     assert "train: 16 images of 4 identities; held out: 32 images of 8 identities" in stdout
     assert "trained EER" in stdout
+    (row,) = _log_rows(tmp_path / "run" / "log.csv")  # --batch-size 8 beats --tiny's 32
+    assert int(row["step"]) == 2 and float(row["loss"]) > 0
+    # a batch larger than the training set would leave every epoch empty: refused up front
+    err = _run(
+        "train_vggface2.py",
+        "--tiny",
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "run2"),
+        "--batch-size",
+        "17",
+        fails=True,
+    )
+    assert "no full batch" in err and "--batch-size 17" in err
+    # the default 50 held-out identities do not fit in 12: the error names the flag
+    err = _run(
+        "train_vggface2.py",
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "run3"),
+        fails=True,
+    )
+    assert "--eval-identities 50" in err and "12 identities" in err
 
 
 @pytest.mark.slow
@@ -173,3 +219,109 @@ def test_two_stage_example_tiny_run_reports_both_stages(tmp_path):
     report = (tmp_path / "report.txt").read_text()
     accs = [float(line.split()[-1]) for line in report.splitlines() if line.startswith("after")]
     assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+
+
+@pytest.mark.slow
+def test_resume_with_another_configuration_is_refused(full_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(full_run[0], out)
+    before = (out / "checkpoint.pt").read_bytes()
+    common = ("--tiny", "--output", str(out), "--no-plots", "--resume")
+    err = _run(
+        "train_vggface2.py", *common, "--loss", "arcface", "--optimizer", "adamw", fails=True
+    )
+    assert "--loss: cosface in the checkpoint, arcface now" in err
+    assert "--optimizer: sgd in the checkpoint, adamw now" in err
+    err = _run("train_vggface2.py", *common, "--epochs", "3", fails=True)
+    assert "--epochs: 2 in the checkpoint, 3 now" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    # what does not change the result may differ: workers, progress bars, plots
+    stdout = _run("train_vggface2.py", *common, "--workers", "1", "--no-progress")
+    assert "resumed from" in stdout and "nothing left to train" in stdout
+
+
+@pytest.mark.slow
+def test_log_holds_one_row_per_epoch_of_this_run(full_run, tmp_path):
+    """A fresh run in a used directory starts a new log; a resume drops epochs it redoes."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run[0], out)
+    _run("train_vggface2.py", "--tiny", "--epochs", "1", "--output", str(out), "--no-plots")
+    assert [r["epoch"] for r in _log_rows(out / "log.csv")] == ["1"]
+    # a run killed after logging epoch 2 but before its checkpoint: the resume redoes epoch 2
+    with open(out / "log.csv", "a") as f:
+        f.write("2,99,1.0,0.1,0.5,0.5,0,0,1\n")
+    _run(
+        "train_vggface2.py",
+        "--tiny",
+        "--epochs",
+        "1",
+        "--output",
+        str(out),
+        "--no-plots",
+        "--resume",
+    )
+    assert [r["epoch"] for r in _log_rows(out / "log.csv")] == ["1"]
+    _run("train_pairs.py", "--tiny", "--epochs", "1", "--output", str(out), "--no-plots")
+    _run("train_pairs.py", "--tiny", "--epochs", "1", "--output", str(out), "--no-plots")
+    assert [r["epoch"] for r in _log_rows(out / "log.csv")] == ["1"]
+
+
+def test_margin_reaches_every_loss_or_is_refused():
+    ex = _example("train_vggface2")
+    loss, miner = ex.build_loss(
+        ex.parse_args(["--loss", "contrastive", "--margin", "0.7"]), 5, False
+    )
+    assert loss.neg_margin == 0.7 and miner is not None
+    loss, _ = ex.build_loss(ex.parse_args(["--loss", "triplet", "--margin", "0.3"]), 5, False)
+    assert loss.margin == 0.3
+    for bad in (
+        ["--loss", "normsoftmax", "--margin", "0.3"],
+        ["--loss", "triplet", "--scale", "64"],
+    ):
+        with pytest.raises(SystemExit):
+            ex.parse_args(bad)
+
+
+def test_tiny_sets_defaults_that_explicit_flags_override():
+    ex = _example("train_vggface2")
+    args = ex.parse_args(["--tiny"])
+    assert (args.batch_size, args.epochs, args.identities, args.P) == (32, 2, 24, 8)
+    args = ex.parse_args(["--tiny", "--batch-size", "8", "--epochs", "3", "--P", "4"])
+    assert (args.batch_size, args.epochs, args.identities, args.P) == (8, 3, 24, 4)
+
+
+@pytest.mark.slow
+def test_undecodable_images_stop_the_run_or_are_skipped_as_asked(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for ident in range(12):
+        folder = tmp_path / "data" / f"id{ident:02d}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            pixels = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{k}.jpg")
+        (folder / "0_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    args = ("--tiny", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "8")
+    args += ("--no-plots", "--output", str(tmp_path / "run"))
+    err = _run("train_vggface2.py", *args, fails=True)
+    assert "cannot decode image file" in err and "0_truncated.jpg" in err
+    stdout = _run("train_vggface2.py", *args, "--on-bad-image", "skip")
+    assert "trained EER" in stdout
+    stdout = _run("train_pairs.py", *args, "--on-bad-image", "skip")
+    assert "trained EER" in stdout
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch"), [(8, 1), (1, 2), (3, 1), (2, 5)])
+def test_one_cycle_schedule_runs_for_any_number_of_steps(epochs, steps_per_epoch):
+    """One batch per epoch made the warm-up one step long, where OneCycleLR divides by zero."""
+    ex = _example("train_pairs")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    args = ex.argparse.Namespace(epochs=epochs, warmup_epochs=1.0, lr=0.1)
+    sched = ex.one_cycle(opt, args, steps_per_epoch)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(epochs * steps_per_epoch):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs) and max(lrs) > 0.05

@@ -26,6 +26,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -282,7 +283,8 @@ def load_checkpoint(
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a metricface checkpoint or holds objects that are not safe to load.
+        If the file is truncated or corrupt, is not a metricface checkpoint, or holds objects
+        that are not safe to load; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -293,6 +295,20 @@ def load_checkpoint(
         raise ValueError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
             f"Python values, which torch.load(weights_only=True) does not execute ({exc})"
+        ) from exc
+    except (EOFError, KeyError, RuntimeError, OSError) as exc:
+        # what torch raises on a cut-short or garbled file; an error from a complete archive
+        # (e.g. a CUDA map_location on a CPU machine) or a permission error is not about that
+        if isinstance(exc, PermissionError) or (
+            isinstance(exc, (RuntimeError, OSError))
+            and zipfile.is_zipfile(path)
+            and "PytorchStreamReader" not in str(exc)
+        ):
+            raise
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: the file is truncated or corrupt (e.g. a "
+            f"copy or a save that did not finish), or was not written by torch.save "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(

@@ -128,6 +128,20 @@ def test_label_map_roundtrip_and_reuse(tree, tmp_path):
         IdentityFolder(other, label_map={"carol": 0, "zed": 0})
 
 
+def test_saved_label_map_reloads_on_a_tree_with_an_empty_identity_folder(tree, tmp_path):
+    """The empty folder "dave" gets no label, so the saved map does not name it: it is still
+    skipped, not taken for an identity the map does not know."""
+    root, _ = tree
+    with pytest.warns(UserWarning, match="dave"):
+        ds = IdentityFolder(root)
+    ds.save_label_map(tmp_path / "labels.json")
+    with pytest.warns(UserWarning, match="dave"):
+        again = IdentityFolder(
+            root, label_map=IdentityFolder.load_label_map(tmp_path / "labels.json")
+        )
+    assert again.samples == ds.samples and again.label_map == ds.label_map
+
+
 def test_split_by_identity_is_open_set(tree):
     root, _ = tree
     with warnings.catch_warnings():

@@ -49,11 +49,11 @@ def test_lfw_roundtrip_and_dev_format(tmp_path):
     pairs = read_lfw_pairs(tmp_path / "pairs.txt")
     write_lfw_pairs(tmp_path / "again.txt", pairs)
     assert (tmp_path / "again.txt").read_text() == LFW
-    dev = "3\nA_B\t1\t2\nA_B\t1\tC\t5\nC\t2\t3\n"
+    dev = "2\nA_B\t1\t2\nC\t2\t3\nA_B\t1\tC\t5\nC\t1\tD\t1\n"  # 2 genuine, then 2 impostor
     (tmp_path / "dev.txt").write_text(dev)
     d = read_lfw_pairs(tmp_path / "dev.txt", ext="png")
-    assert d.folds is None and d.labels.tolist() == [1, 0, 1]
-    assert d.right[1] == "C/C_0005.png"
+    assert d.folds is None and d.labels.tolist() == [1, 1, 0, 0]
+    assert d.right[2] == "C/C_0005.png"
     write_lfw_pairs(tmp_path / "dev2.txt", d)
     assert (tmp_path / "dev2.txt").read_text() == dev
 
@@ -153,3 +153,42 @@ def test_pair_list_dataset(tmp_path):
     assert img1.shape == (3, 5, 6) and label == -1
     with pytest.raises(TypeError, match="pairs"):
         PairListDataset([("a", "b")])
+
+
+# The first lines of LFW's View 1 ``pairsDevTrain.txt``: the header is the number of matched
+# pairs N, followed by N matched and then N mismatched lines (1100 + 1100 in the real file).
+LFW_DEV = """2
+Aaron_Peirsol\t1\t2
+Abdullah_al-Attiyah\t1\t3
+AJ_Cook\t1\tMarsha_Thomason\t1
+Aaron_Sorkin\t2\tFrank_Solich\t5
+"""
+
+
+def test_read_lfw_view1_header_counts_matched_pairs(tmp_path):
+    (tmp_path / "pairsDevTrain.txt").write_text(LFW_DEV)
+    pairs = read_lfw_pairs(tmp_path / "pairsDevTrain.txt")
+    assert len(pairs) == 4 and pairs.folds is None
+    assert pairs.labels.tolist() == [1, 1, 0, 0]
+    assert pairs.right[1] == "Abdullah_al-Attiyah/Abdullah_al-Attiyah_0003.jpg"
+    assert pairs.right[3] == "Frank_Solich/Frank_Solich_0005.jpg"
+    write_lfw_pairs(tmp_path / "again.txt", pairs)
+    assert (tmp_path / "again.txt").read_text() == LFW_DEV
+
+
+def test_write_lfw_pairs_without_folds_needs_the_view1_layout(tmp_path):
+    unequal = PairList(["A/A_0001.jpg"] * 2, ["A/A_0002.jpg", "B/B_0001.jpg"], np.array([1, 1]))
+    with pytest.raises(ValueError, match="then as many impostor"):
+        write_lfw_pairs(tmp_path / "p.txt", unequal)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_pair_files_with_bom_and_windows_line_endings(tmp_path, newline):
+    text = LFW_DEV.replace("\n", newline)
+    (tmp_path / "p.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_lfw_pairs(tmp_path / "p.txt").labels.tolist() == [1, 1, 0, 0]
+    csv_text = newline.join(["img1,img2,label", "a.jpg,b.jpg,1", "c.jpg,d.jpg,0", ""])
+    (tmp_path / "p.csv").write_bytes(b"\xef\xbb\xbf" + csv_text.encode())
+    p = read_pairs_csv(tmp_path / "p.csv")
+    assert p.left == ["a.jpg", "c.jpg"] and p.right == ["b.jpg", "d.jpg"]
+    assert p.labels.tolist() == [1, 0]

@@ -38,6 +38,16 @@ def test_eval_transform_resizes_and_accepts_pil():
     torch.testing.assert_close(eval_transform(112)(pil), eval_transform(112)(x))
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P"])
+def test_pil_images_of_any_mode_become_rgb(mode):
+    """PNG faces often come as RGBA, grey or palette images; they are converted to RGB."""
+    rgb = Image.fromarray(_img(40, seed=3).permute(1, 2, 0).numpy())
+    pil = rgb.convert(mode)
+    expected = eval_transform(112)(pil.convert("RGB"))
+    torch.testing.assert_close(eval_transform(112)(pil), expected)
+    assert train_transform(112)(pil).shape == (3, 112, 112)
+
+
 def test_train_transform_is_seeded_random_and_mild():
     x = _img()
     t = train_transform(112)

@@ -113,7 +113,8 @@ class IdentityFolder(Dataset):
     label_map : mapping of str to int, optional
         Identity folder name -> label. By default folders are labelled ``0 .. N-1`` in sorted
         name order. Pass a saved map (:meth:`load_label_map`) to label another split or another
-        copy of the data the same way; folders missing from the map raise a ``ValueError``.
+        copy of the data the same way; folders with images that are missing from the map raise
+        a ``ValueError``.
     extensions : sequence of str
         File endings to include (case-insensitive), default :data:`IMAGE_EXTENSIONS`.
     on_error : {"raise", "skip"}
@@ -163,13 +164,6 @@ class IdentityFolder(Dataset):
             names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
         if not names:
             raise ValueError(f"root {str(root)!r} holds no identity sub-directories")
-        if given_map is not None:
-            unknown = [n for n in names if n not in given_map]
-            if unknown:
-                raise ValueError(
-                    f"label_map has no label for {len(unknown)} identity folder(s) of "
-                    f"{str(root)!r}, e.g. {unknown[:3]}"
-                )
         # one task per thread over a contiguous block of folders: per-folder tasks would cost
         # more in scheduling than listing a small local folder does
         folders = [os.path.join(root, n) for n in names]
@@ -191,6 +185,13 @@ class IdentityFolder(Dataset):
         kept = [(n, files) for n, files in zip(names, listings) if files]
         if not kept:
             raise ValueError(f"root {str(root)!r} holds no image with extensions {exts}")
+        if given_map is not None:  # empty folders need no label: a saved map does not name them
+            unknown = [n for n, _ in kept if n not in given_map]
+            if unknown:
+                raise ValueError(
+                    f"label_map has no label for {len(unknown)} identity folder(s) of "
+                    f"{str(root)!r}, e.g. {unknown[:3]}"
+                )
         if given_map is None:
             label_map_out = {n: i for i, (n, _) in enumerate(kept)}
         else:

@@ -3,11 +3,12 @@
 Formats
 -------
 LFW ``pairs.txt``
-    A header line ``<folds> <pairs per fold>`` (``pairs.txt``) or ``<pairs>`` (``pairsDevTrain``
-    / ``pairsDevTest``), then one pair per line, tab or space separated: ``name n1 n2`` for two
-    images of the same person, ``name1 n1 name2 n2`` for two people. Image ``n`` of ``name``
-    is ``name/name_{n:04d}.jpg``. With folds, each fold holds ``pairs per fold`` matched lines
-    followed by as many mismatched lines, in file order.
+    A header line ``<folds> <pairs per fold>`` (View 2, ``pairs.txt``) or ``<pairs>`` (View 1,
+    ``pairsDevTrain.txt`` / ``pairsDevTest.txt``), then one pair per line, tab or space
+    separated: ``name n1 n2`` for two images of the same person, ``name1 n1 name2 n2`` for two
+    people. Image ``n`` of ``name`` is ``name/name_{n:04d}.jpg``. Each fold (View 1: the whole
+    file) holds ``pairs`` matched lines followed by as many mismatched lines, so the header
+    counts the matched pairs: ``pairsDevTrain.txt`` starts with ``1100`` and lists 2200 pairs.
 CSV
     A header naming the columns ``img1,img2`` (or ``path1,path2``) and optionally ``label``
     (1 = same identity, 0 = different), ``id`` and ``fold``. Without ``label`` the list is
@@ -116,7 +117,8 @@ def read_lfw_pairs(path: str | os.PathLike[str], *, ext: str = "jpg") -> PairLis
         Paths relative to the image root, labels, and folds when the header gives
         ``<folds> <pairs per fold>``.
     """
-    lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    text = Path(path).read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"{str(path)!r} is empty; expected an LFW pairs file")
     header, rows = lines[0], lines[1:]
@@ -149,16 +151,20 @@ def read_lfw_pairs(path: str | os.PathLike[str], *, ext: str = "jpg") -> PairLis
                 f"{n_folds * per_fold * 2}, but the file has {len(rows)} pair lines"
             )
         folds = np.repeat(np.arange(n_folds), 2 * per_fold)
-    elif int(header[0]) != len(rows):
-        raise ValueError(f"{str(path)!r} header promises {header[0]} pairs, got {len(rows)}")
+    elif 2 * int(header[0]) != len(rows):
+        raise ValueError(
+            f"{str(path)!r} header promises {header[0]} matched + {header[0]} mismatched pairs, "
+            f"but the file has {len(rows)} pair lines"
+        )
     return PairList(left, right, np.array(labels), folds)
 
 
 def write_lfw_pairs(path: str | os.PathLike[str], pairs: PairList) -> None:
     """Write ``pairs`` as an LFW ``pairs.txt``; paths must follow ``name/name_NNNN.ext``.
 
-    With folds, every fold must list its genuine pairs first and hold as many genuine as
-    impostor pairs (the LFW layout).
+    Every fold (without folds: the whole list, written with View 1's one-number header) must
+    list its genuine pairs first and hold as many genuine as impostor pairs (the LFW layout);
+    other lists are better stored with :func:`write_pairs_csv`.
     """
     if pairs.labels is None:
         raise ValueError("pairs must be labeled to be written as an LFW pairs file")
@@ -171,24 +177,26 @@ def write_lfw_pairs(path: str | os.PathLike[str], pairs: PairList) -> None:
             lines.append(f"{ma['name']}\t{int(ma['num'])}\t{int(mb['num'])}")
         else:
             lines.append(f"{ma['name']}\t{int(ma['num'])}\t{mb['name']}\t{int(mb['num'])}")
+    n_folds = int(pairs.folds.max()) + 1 if pairs.folds is not None else 1
+    per_fold = len(pairs) // (2 * n_folds)
+    pattern = np.tile(np.repeat([1, 0], per_fold), n_folds)
+    if len(pattern) != len(pairs) or not np.array_equal(pairs.labels, pattern):
+        raise ValueError(
+            "an LFW pairs file lists, in each fold, its genuine pairs first and then as many "
+            "impostor pairs; these pairs do not (store them with write_pairs_csv)"
+        )
     if pairs.folds is not None:
-        n_folds = int(pairs.folds.max()) + 1
-        per_fold = len(pairs) // (2 * n_folds)
-        expected = np.repeat(np.arange(n_folds), 2 * per_fold)
-        pattern = np.tile(np.repeat([1, 0], per_fold), n_folds)
-        if len(expected) != len(pairs) or not (
-            np.array_equal(pairs.folds, expected) and np.array_equal(pairs.labels, pattern)
-        ):
+        if not np.array_equal(pairs.folds, np.repeat(np.arange(n_folds), 2 * per_fold)):
             raise ValueError("folds must hold equal genuine-then-impostor blocks (LFW layout)")
         header = f"{n_folds}\t{per_fold}"
     else:
-        header = str(len(pairs))
+        header = str(per_fold)
     Path(path).write_text("\n".join([header, *lines]) + "\n")
 
 
 def read_pairs_csv(path: str | os.PathLike[str]) -> PairList:
     """Read a CSV pair list with columns ``img1,img2[,label][,id][,fold]``."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # tolerate a byte-order mark
         reader = csv.DictReader(f)
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
         a = cols.get("img1") or cols.get("path1")

@@ -6,8 +6,9 @@ slightly re-scaled crop and a small colour jitter. Stronger geometric augmentati
 eyes and mouth away from where the network expects them and usually hurts verification.
 
 Both presets accept ``(3, H, W)`` uint8 tensors (what :class:`~metricface.data.IdentityFolder`
-and :class:`~metricface.data.SyntheticFaces` return), PIL images or ``tv_tensors.Image`` and
-return float32 ``(3, S, S)`` tensors normalised with ``mean``/``std``.
+and :class:`~metricface.data.SyntheticFaces` return), PIL images of any mode (RGBA, grey and
+palette images are converted to RGB) or ``tv_tensors.Image`` and return float32 ``(3, S, S)``
+tensors normalised with ``mean``/``std``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from metricface._validation import check_scalar
@@ -43,6 +45,15 @@ def _check(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None
             raise ValueError(f"{name} must have 3 entries (R, G, B), got {value!r}")
     if min(std) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_image() -> list[v2.Transform]:
+    """PIL images of any mode (RGBA, grey, palette) to RGB, then everything to an image tensor."""
+    return [v2.Lambda(_pil_to_rgb, Image.Image), v2.ToImage()]
 
 
 def _resize(image_size: int) -> v2.Transform:
@@ -79,7 +90,7 @@ def eval_transform(
         ``image -> (3, image_size, image_size)`` float32 tensor.
     """
     _check(image_size, mean, std)
-    return _compose([v2.ToImage(), _resize(image_size)], mean, std)
+    return _compose([*_to_image(), _resize(image_size)], mean, std)
 
 
 def train_transform(
@@ -118,7 +129,7 @@ def train_transform(
     check_scalar(lo, "crop_scale[0]", low=0.0, high=1.0, low_inclusive=False)
     check_scalar(hi, "crop_scale[1]", low=lo, high=1.0)
     check_scalar(color_jitter, "color_jitter", low=0.0, high=1.0)
-    steps: list[v2.Transform] = [v2.ToImage()]
+    steps: list[v2.Transform] = _to_image()
     if lo < 1.0:
         steps.append(
             v2.RandomResizedCrop(
