@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import resize
 
-from metricface.backbones import build_backbone
+from metricface.backbones import available_backbones, build_backbone
 from metricface.checkpoint import get_rng_state, set_rng_state
 from metricface.data import IdentityFolder, SyntheticFaces, eval_transform, train_transform
 from metricface.inference import embed
@@ -41,7 +41,14 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, lr: float) -> No
     )
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="iresnet18", help="iresnet18/34/50/100, resnet18/...")
+    g.add_argument(
+        "--backbone",
+        default="iresnet18",
+        choices=available_backbones(),
+        metavar="NAME",
+        help="one of metricface.backbones.available_backbones(): iresnet18/34/50/100/"
+        "200, resnet18/34/50/101/152",
+    )
     g.add_argument("--width", type=float, default=0.25, help="channel multiplier (iresnet)")
     g.add_argument("--embedding-dim", type=int, default=128)
     g = p.add_argument_group("optimisation")

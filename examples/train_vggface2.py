@@ -21,6 +21,7 @@ verification on the held-out identities (EER, TAR@FAR); the end writes ``roc.png
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 import time
@@ -102,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = C.parse_args(p, argv, P=8, K=4)
     if args.resume == "auto" and not args.output:
         p.error("--resume without a path needs --output (the run directory to continue)")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.margin is not None and args.loss == "normsoftmax":
         p.error("--margin: --loss normsoftmax has no margin")
     if args.scale is not None and args.loss in PAIR_LOSSES:

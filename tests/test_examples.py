@@ -282,6 +282,22 @@ def test_margin_reaches_every_loss_or_is_refused():
             ex.parse_args(bad)
 
 
+def test_unknown_backbone_and_missing_tensorboard_are_refused_before_any_work(monkeypatch):
+    import importlib.util
+
+    ex = _example("train_vggface2")
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--backbone", "iresnet7"])
+    assert ex.parse_args(["--backbone", "resnet18"]).backbone == "resnet18"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
+    )
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--tensorboard"])
+    assert not ex.parse_args([]).tensorboard
+
+
 def test_tiny_sets_defaults_that_explicit_flags_override():
     ex = _example("train_vggface2")
     args = ex.parse_args(["--tiny"])
