@@ -76,9 +76,11 @@ def _similarity(p, g) -> torch.Tensor:
     """Similarity block (higher = closer) between two :func:`_prepare`-d blocks.
 
     For ``euclidean`` this is minus the distance, so that every metric ranks by "largest".
+    The product runs in the blocks' dtype even inside a caller's autocast region.
     """
     (px, pn), (gx, gn) = p, g
-    sim = px @ gx.T
+    with torch.autocast(px.device.type, enabled=False):
+        sim = px @ gx.T
     if pn is None:
         return sim
     sq = (pn[:, None] + gn[None, :] - 2.0 * sim).clamp_min_(0.0)
@@ -179,7 +181,8 @@ def search(
     -------
     scores : torch.Tensor, shape (P, k)
         Similarities in decreasing order (``cosine``, ``dot``) or distances in increasing
-        order (``euclidean``), float32 (float64 when an input is float64).
+        order (``euclidean``), float32 (float64 when an input is float64), also when called
+        inside an autocast region.
     indices : torch.Tensor, shape (P, k), int64
         Gallery row of each neighbour. Exact ties are ordered by increasing gallery index.
         Both outputs are on the probes' device.

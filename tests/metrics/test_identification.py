@@ -356,3 +356,19 @@ def test_top1_matches_pytorch_metric_learning_precision_at_1(seed):
     )
     expected = calc.get_accuracy(p, pl, g, gl, ref_includes_query=False)["precision_at_1"]
     assert top_k_accuracy(p, pl, g, gl, 1) == pytest.approx(expected, abs=1e-12)
+
+
+def test_embedding_metrics_inside_an_autocast_region_equal_outside():
+    # e.g. an evaluation hook run inside a training step's autocast region
+    gen = torch.Generator().manual_seed(5)
+    gallery_labels = torch.arange(40) % 12
+    probe_labels = torch.cat([torch.arange(30) % 12, torch.full((10,), -1)])
+    p, g = torch.randn(40, 16, generator=gen), torch.randn(40, 16, generator=gen)
+    cmc = cmc_curve(p[:30], probe_labels[:30], g, gallery_labels, chunk_size=8)
+    open_set = open_set_identification(p, probe_labels, g, gallery_labels, fpir=0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cmc_amp = cmc_curve(p[:30], probe_labels[:30], g, gallery_labels, chunk_size=8)
+        open_amp = open_set_identification(p, probe_labels, g, gallery_labels, fpir=0.2)
+    np.testing.assert_array_equal(cmc_amp, cmc)
+    np.testing.assert_array_equal(open_amp.thresholds, open_set.thresholds)
+    np.testing.assert_array_equal(open_amp.curve_dir, open_set.curve_dir)
