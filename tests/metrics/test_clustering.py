@@ -119,6 +119,17 @@ def test_kmeans_is_a_lloyd_fixed_point_and_deterministic():
     assert res.centers.dtype == torch.float64
 
 
+def test_kmeans_inside_an_autocast_region_equals_outside():
+    # bfloat16 products in the expanded distances would assign points to a farther center
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 32, generator=gen)
+    ref = kmeans(x, 10, max_iter=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = kmeans(x, 10, max_iter=50)
+    assert torch.equal(res.labels, ref.labels)
+    assert res.inertia == ref.inertia
+
+
 def test_kmeans_handles_duplicates_and_k_equal_n():
     x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     res = kmeans(x, 3)

@@ -235,7 +235,8 @@ def kmeans(
     Parameters
     ----------
     x : torch.Tensor or numpy.ndarray, shape (N, D)
-        Points to cluster (computed in float32, or float64 if ``x`` is float64).
+        Points to cluster (computed in float32, or float64 if ``x`` is float64, also inside
+        an autocast region).
     n_clusters : int
         Number of clusters ``K``, ``1 <= K <= N``.
     seed : int
@@ -277,11 +278,12 @@ def kmeans(
     abs_tol = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     gen = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
-    for _ in range(n_init):
-        init = _kmeans_pp(x, x_sq, n_clusters, gen)
-        run = KMeansResult(*_lloyd(x, x_sq, init, max_iter, abs_tol))
-        if best is None or run.inertia < best.inertia:
-            best = run
+    with torch.autocast(device.type, enabled=False):  # distances in float32 even under autocast
+        for _ in range(n_init):
+            init = _kmeans_pp(x, x_sq, n_clusters, gen)
+            run = KMeansResult(*_lloyd(x, x_sq, init, max_iter, abs_tol))
+            if best is None or run.inertia < best.inertia:
+                best = run
     assert best is not None
     return best._replace(centers=best.centers + mean)
 
