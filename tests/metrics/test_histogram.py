@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metricface.metrics import (
@@ -115,6 +115,49 @@ def test_histogram_points_are_exact_operating_points(data, bins):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the a * n_impostor < 1 warning is tested elsewhere
             assert hist.tar_at_far(a) <= tar_at_far(y, s, a) + 1e-15
+
+
+@given(
+    st.lists(st.integers(-100, 100), min_size=2, max_size=40),
+    st.integers(1, 200),
+    st.sampled_from([(-1.0, 1.0), (0.0, 1.0), (-1.0, 0.5)]),
+    st.integers(0, 2**32 - 1),
+)
+@example([29, 10, 57, 30], 100, (0.0, 1.0), 0)
+def test_reported_thresholds_reproduce_every_histogram_point(ks, bins, rng_range, seed):
+    # Scores rounded to two decimals (as in score files) often sit exactly on a bin edge; a
+    # user applying the reported threshold with ``score >= t`` must get the reported counts.
+    lo, hi = rng_range
+    s = np.clip(np.array(ks) / 100, lo, hi)
+    y = np.random.default_rng(seed).integers(0, 2, s.size)
+    y[:2] = [0, 1]
+    hist = ScoreHistogram(bins, rng_range).update(y, s)
+    fpr, tpr, thr = hist.roc_curve()
+    direct_far = (s[y == 0][None, :] >= thr[:, None]).mean(1)
+    direct_tar = (s[y == 1][None, :] >= thr[:, None]).mean(1)
+    np.testing.assert_array_equal(fpr, direct_far)
+    np.testing.assert_array_equal(tpr, direct_tar)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tar, t = hist.tar_at_far(0.25, return_threshold=True)
+    assert (s[y == 0] >= t).mean() <= 0.25 and (s[y == 1] >= t).mean() == tar
+
+
+def test_all_pairs_thresholds_reproduce_counts_with_scores_on_edges():
+    # 1-d embeddings: every dot product with the first one (1.0) is exactly the other value,
+    # and values such as 0.29 and 0.57 sit exactly on edges of 100 bins over (0, 1)
+    values = torch.tensor([1.0, 0.29, 0.57, 0.3, 0.1, 0.29, 0.57, 0.9], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1])
+    i, j = torch.triu_indices(8, 8, 1)
+    y = (labels[i] == labels[j]).numpy()
+    s = (values[i] * values[j]).numpy()
+    for dtype in (torch.float64, torch.float32):
+        emb = values[:, None].to(dtype)
+        hist = all_pairs_histogram(emb, labels, bins=100, range=(0, 1), normalize=False)
+        score = s if dtype == torch.float64 else (values[i].float() * values[j].float()).numpy()
+        fpr, tpr, thr = hist.roc_curve()
+        np.testing.assert_array_equal(fpr, (score[~y][None, :] >= thr[:, None]).mean(1))
+        np.testing.assert_array_equal(tpr, (score[y][None, :] >= thr[:, None]).mean(1))
 
 
 def test_bound_shrinks_with_bin_width_and_is_tight_on_gaussians():
