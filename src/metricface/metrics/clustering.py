@@ -162,8 +162,16 @@ class KMeansResult(NamedTuple):
     n_iter: int
 
 
-def _sq_dist_argmin(x, x_sq, centers, chunk: int = 65536):
-    """Nearest center (ties: lowest index) and its squared distance, in row chunks."""
+_BLOCK_ENTRIES = 2**24  # entries of one (rows x K) distance block: 64 MiB in float32
+
+
+def _sq_dist_argmin(x, x_sq, centers):
+    """Nearest center (ties: lowest index) and its squared distance, in row chunks.
+
+    Each chunk's ``(rows, K)`` distance block holds at most ``_BLOCK_ENTRIES`` entries, so
+    memory does not grow with the number of clusters times the number of points.
+    """
+    chunk = max(1, _BLOCK_ENTRIES // centers.shape[0])
     c_sq = centers.square().sum(1)
     labels, dists = [], []
     for s in range(0, x.shape[0], chunk):
