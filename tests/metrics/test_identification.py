@@ -372,3 +372,30 @@ def test_embedding_metrics_inside_an_autocast_region_equal_outside():
     np.testing.assert_array_equal(cmc_amp, cmc)
     np.testing.assert_array_equal(open_amp.thresholds, open_set.thresholds)
     np.testing.assert_array_equal(open_amp.curve_dir, open_set.curve_dir)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p, y: cmc_curve(p, y, p, y, max_rank=4), "max_rank must be at most"),
+        (lambda p, y: cmc_curve(p, y, p[:2], y[:2]), "every probe identity in the gallery"),
+        (lambda p, y: top_k_accuracy(p, y, p, y, k=9), "k must be at most"),
+        (lambda p, y: open_set_identification(p, y, p[:2], y[:2], fpir=1.5), "fpir targets"),
+        (lambda p, y: open_set_identification(p, y, p[:2], y[:2], rank=3), "rank must be at"),
+        (lambda p, y: open_set_identification(p, y, p, y), "needs both mated"),
+        (
+            lambda p, y: open_set_identification(p, y, p, y, unknown=torch.ones(2).bool()),
+            "unknown must be a boolean mask",
+        ),
+    ],
+)
+def test_bad_arguments_raise_before_any_scoring(monkeypatch, call, match):
+    import metricface.metrics.identification as identification
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the gallery was scored before the arguments were checked")
+
+    monkeypatch.setattr(identification, "_blocks_from_embeddings", no_scoring)
+    p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=match):
+        call(p, labels)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,8 +160,20 @@ def _blocks_from_embeddings(
         yield start, ident
 
 
+# A check of the caller's own arguments, given which probes are enrolled and the number of gallery
+# identities; it runs before any score is computed.
+_Check = Callable[[np.ndarray, int], None]
+
+
 def _summary_from_embeddings(
-    probe_embeddings, probe_labels, gallery_embeddings, gallery_labels, metric, device, chunk_size
+    probe_embeddings,
+    probe_labels,
+    gallery_embeddings,
+    gallery_labels,
+    metric,
+    device,
+    chunk_size,
+    check: _Check,
 ) -> _ProbeSummary:
     probes, gallery = _check_pair(probe_embeddings, gallery_embeddings)
     probe_labels = _labels(probe_labels, probes.shape[0], "probe_labels")
@@ -170,13 +182,14 @@ def _summary_from_embeddings(
     check_scalar(chunk_size, "chunk_size", low=1, integer=True)
     device = probes.device if device is None else torch.device(device)
     gallery_index, probe_index, n_ids = _index_identities(probe_labels, gallery_labels)
+    check(probe_index.numpy() >= 0, n_ids)
     blocks = _blocks_from_embeddings(
         probes, gallery, gallery_index, n_ids, metric, device, chunk_size
     )
     return _summarise(blocks, probe_index, n_ids)
 
 
-def _summary_from_scores(scores, probe_labels, gallery_labels) -> _ProbeSummary:
+def _summary_from_scores(scores, probe_labels, gallery_labels, check: _Check) -> _ProbeSummary:
     scores = as_tensor(scores, "scores")
     if not scores.is_floating_point():
         scores = scores.double()
@@ -189,6 +202,7 @@ def _summary_from_scores(scores, probe_labels, gallery_labels) -> _ProbeSummary:
     probe_labels = _labels(probe_labels, scores.shape[0], "probe_labels")
     gallery_labels = _labels(gallery_labels, scores.shape[1], "gallery_labels")
     gallery_index, probe_index, n_ids = _index_identities(probe_labels, gallery_labels)
+    check(probe_index.numpy() >= 0, n_ids)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     ident = torch.full((scores.shape[0], n_ids), -math.inf, dtype=scores.dtype)
     ident = ident.to(scores.device)
@@ -208,16 +222,24 @@ def _check_rank(value: object, name: str, n_identities: int) -> None:
         )
 
 
+def _closed_set_check(max_rank: object, name: str = "max_rank") -> _Check:
+    def check(enrolled: np.ndarray, n_identities: int) -> None:
+        if not enrolled.all():
+            missing = int((~enrolled).sum())
+            raise ValueError(
+                "closed-set identification needs every probe identity in the gallery, got "
+                f"{missing} probe(s) whose label is not a gallery label; use "
+                "open_set_identification for galleries that miss some probe identities"
+            )
+        if max_rank is not None:
+            _check_rank(max_rank, name, n_identities)
+
+    return check
+
+
 def _cmc(summary: _ProbeSummary, max_rank: int | None) -> np.ndarray:
-    if not summary.enrolled.all():
-        missing = int((~summary.enrolled).sum())
-        raise ValueError(
-            "closed-set identification needs every probe identity in the gallery, got "
-            f"{missing} probe(s) whose label is not a gallery label; use "
-            "open_set_identification for galleries that miss some probe identities"
-        )
+    """CMC up to ``max_rank`` of a summary that passed :func:`_closed_set_check`."""
     max_rank = summary.n_identities if max_rank is None else max_rank
-    _check_rank(max_rank, "max_rank", summary.n_identities)
     counts = np.bincount(summary.rank, minlength=summary.n_identities + 1)[1 : max_rank + 1]
     return np.cumsum(counts) / summary.rank.size
 
@@ -267,7 +289,7 @@ def cmc_curve(
     """
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _closed_set_check(max_rank),
     )  # fmt: skip
     return _cmc(summary, max_rank)
 
@@ -295,7 +317,10 @@ def cmc_curve_from_scores(
     numpy.ndarray, shape (max_rank,), float64
         As :func:`cmc_curve`.
     """
-    return _cmc(_summary_from_scores(scores, probe_labels, gallery_labels), max_rank)
+    summary = _summary_from_scores(
+        scores, probe_labels, gallery_labels, _closed_set_check(max_rank)
+    )
+    return _cmc(summary, max_rank)
 
 
 def top_k_accuracy(
@@ -321,35 +346,36 @@ def top_k_accuracy(
     """
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _closed_set_check(k, "k"),
     )  # fmt: skip
-    _check_rank(k, "k", summary.n_identities)
     return float(_cmc(summary, k)[-1])
 
 
 # --------------------------------------------------------------------------- open set
 
 
-def _open_set(
-    summary: _ProbeSummary, fpir: Sequence[float] | float, rank: int, unknown: object
-) -> OpenSetResult:
-    _check_rank(rank, "rank", summary.n_identities)
+def _fpir_targets(fpir: Sequence[float] | float) -> np.ndarray:
     targets = np.atleast_1d(np.asarray(fpir, dtype=np.float64))
     if targets.ndim != 1 or targets.size == 0:
         raise ValueError(f"fpir must be a number or a 1-d sequence of numbers, got {fpir!r}")
     if not np.all((targets >= 0) & (targets <= 1)):
         raise ValueError(f"fpir targets must be in [0, 1], got {targets.tolist()}")
+    return targets
+
+
+def _mated(enrolled: np.ndarray, unknown: object) -> np.ndarray:
+    """Which probes are mated: the enrolled ones, or those ``unknown`` marks ``False``."""
     if unknown is None:
-        mated = summary.enrolled
+        mated = enrolled
     else:
         mask = as_tensor(unknown, "unknown")
-        if mask.dtype != torch.bool or mask.shape != (summary.enrolled.size,):
+        if mask.dtype != torch.bool or mask.shape != (enrolled.size,):
             raise ValueError(
-                f"unknown must be a boolean mask of shape ({summary.enrolled.size},), got "
+                f"unknown must be a boolean mask of shape ({enrolled.size},), got "
                 f"dtype {mask.dtype} and shape {tuple(mask.shape)}"
             )
         mated = ~mask.cpu().numpy()
-        if np.any(mated & ~summary.enrolled):
+        if np.any(mated & ~enrolled):
             raise ValueError(
                 "unknown marks as known (False) some probes whose label is not a gallery label"
             )
@@ -359,6 +385,23 @@ def _open_set(
             "open-set identification needs both mated probes (identity in the gallery) and "
             f"non-mated probes (unknown), got {n_mated} mated and {n_non} non-mated"
         )
+    return mated
+
+
+def _open_set_check(rank: object, unknown: object) -> _Check:
+    def check(enrolled: np.ndarray, n_identities: int) -> None:
+        _check_rank(rank, "rank", n_identities)
+        _mated(enrolled, unknown)
+
+    return check
+
+
+def _open_set(
+    summary: _ProbeSummary, targets: np.ndarray, rank: int, unknown: object
+) -> OpenSetResult:
+    """DIR/FPIR of a summary that passed :func:`_open_set_check` at validated ``targets``."""
+    mated = _mated(summary.enrolled, unknown)
+    n_mated, n_non = int(mated.sum()), int((~mated).sum())
     non_mated_top = np.sort(summary.top_score[~mated])[::-1]  # decreasing
     hit = summary.rank[mated] <= rank
     genuine_hits = np.sort(summary.genuine_score[mated][hit])  # increasing
@@ -443,11 +486,12 @@ def open_set_identification(
         Bad inputs (as in :func:`cmc_curve`), targets outside ``[0, 1]``, or no mated or no
         non-mated probe.
     """
+    targets = _fpir_targets(fpir)
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _open_set_check(rank, unknown),
     )  # fmt: skip
-    return _open_set(summary, fpir, rank, unknown)
+    return _open_set(summary, targets, rank, unknown)
 
 
 def open_set_identification_from_scores(
@@ -472,6 +516,8 @@ def open_set_identification_from_scores(
     -------
     OpenSetResult
     """
-    return _open_set(
-        _summary_from_scores(scores, probe_labels, gallery_labels), fpir, rank, unknown
+    targets = _fpir_targets(fpir)
+    summary = _summary_from_scores(
+        scores, probe_labels, gallery_labels, _open_set_check(rank, unknown)
     )
+    return _open_set(summary, targets, rank, unknown)
