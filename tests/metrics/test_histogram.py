@@ -191,6 +191,23 @@ def test_incremental_update_and_merge():
     assert "n_genuine=" in repr(whole)
 
 
+def test_update_accepts_float32_cosines_rounded_past_the_range():
+    # cosines of duplicated embeddings computed in float32 come out as 1.0000001 and the like
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 512, generator=gen)
+    cos = torch.nn.functional.cosine_similarity(x, x.clone())
+    cos = torch.cat([cos, -cos, torch.zeros(10)])
+    assert cos.max() > 1 and cos.min() < -1
+    y = torch.cat([torch.ones(400), torch.zeros(410)]).long()
+    hist = ScoreHistogram(100).update(y, cos)
+    assert hist.genuine[-1] == 400 and hist.impostor[0] == 400 and hist.impostor[50] == 10
+    ref = ScoreHistogram(100).update(y, cos.clamp(-1, 1))
+    np.testing.assert_array_equal(hist.genuine, ref.genuine)
+    np.testing.assert_array_equal(hist.impostor, ref.impostor)
+    with pytest.raises(ValueError, match=r"y_score must lie in range=\(-1.0, 1.0\), got 1.01"):
+        ScoreHistogram(100).update([1, 0], [0.2, 1.01])
+
+
 def test_histogram_bad_input():
     with pytest.raises(ValueError, match="bins must be in"):
         ScoreHistogram(0)

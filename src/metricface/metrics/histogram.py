@@ -2,7 +2,7 @@
 
 A :class:`ScoreHistogram` counts genuine and impostor scores in ``bins`` equal-width bins over a
 fixed ``range = (lo, hi)``: bin ``j`` holds exactly the scores ``edges[j] <= s < edges[j + 1]``
-(the last bin also ``s == hi``), decided by comparing each score with the float64 edges
+(the end bins also ``s == hi`` and scores a rounding error past the range), decided by comparing each score with the float64 edges
 themselves (``floor((s - lo) * bins / (hi - lo))`` only gives a first guess, which rounding can
 put one bin off for a score on an edge, e.g. ``0.29`` with 100 bins over ``(0, 1)``). So "bins
 ``j`` and above" is exactly the set of scores ``>= edges[j]``: every histogram operating point is
@@ -46,6 +46,9 @@ from metricface.metrics.verification import (
 )
 
 __all__ = ["ScoreHistogram", "all_pairs_histogram"]
+
+# Scores this far (relative to hi - lo) past an end of the range are rounding, not misuse.
+_RANGE_SLACK = 1e-4
 
 
 class ScoreHistogram:
@@ -99,7 +102,10 @@ class ScoreHistogram:
         y_true : array-like of shape (n,)
             1 / ``True`` genuine, 0 / ``False`` impostor.
         y_score : array-like of shape (n,)
-            Scores inside ``range`` (a score outside raises ``ValueError``).
+            Scores inside ``range``. Scores past an end by at most ``1e-4 * (hi - lo)``
+            (float32 cosines of identical embeddings reach ``1.0000004``) are counted in the
+            end bin, as :func:`all_pairs_histogram` does; a score farther out raises
+            ``ValueError``.
 
         Returns
         -------
@@ -108,7 +114,8 @@ class ScoreHistogram:
         """
         labels, scores = check_binary_scores(y_true, y_score, require_both=False)
         lo, hi = self.range
-        outside = np.flatnonzero((scores < lo) | (scores > hi))
+        slack = _RANGE_SLACK * (hi - lo)
+        outside = np.flatnonzero((scores < lo - slack) | (scores > hi + slack))
         if outside.size:
             i = int(outside[0])
             raise ValueError(
@@ -121,13 +128,13 @@ class ScoreHistogram:
         return self
 
     def _bin_index(self, scores: np.ndarray) -> np.ndarray:
-        """Bin of each score in ``[lo, hi]``: ``j`` with ``edges[j] <= s < edges[j + 1]``."""
+        """Bin ``j`` with ``edges[j] <= s < edges[j + 1]``; scores past an end go to its bin."""
         lo, hi = self.range
         edges = self.edges
         idx = (scores - lo) * (self.bins / (hi - lo))
         idx = np.clip(idx, 0, self.bins - 1).astype(np.int64)  # truncation == floor here
         # the guess can be one bin off for a score on an edge: settle it against the edges
-        idx -= scores < edges[idx]
+        idx -= (scores < edges[idx]) & (idx > 0)
         idx += (scores >= edges[idx + 1]) & (idx < self.bins - 1)
         return idx
 
