@@ -2,12 +2,12 @@
 
 A :class:`ScoreHistogram` counts genuine and impostor scores in ``bins`` equal-width bins over a
 fixed ``range = (lo, hi)``: bin ``j`` holds exactly the scores ``edges[j] <= s < edges[j + 1]``
-(the end bins also ``s == hi`` and scores a rounding error past the range), decided by comparing each score with the float64 edges
-themselves (``floor((s - lo) * bins / (hi - lo))`` only gives a first guess, which rounding can
-put one bin off for a score on an edge, e.g. ``0.29`` with 100 bins over ``(0, 1)``). So "bins
-``j`` and above" is exactly the set of scores ``>= edges[j]``: every histogram operating point is
-an *exact* operating point of the underlying scores, reproduced by accepting
-``score >= edges[j]``, the threshold it is reported with.
+(the end bins also ``s == hi`` and scores a rounding error past the range), decided by comparing
+each score with the float64 edges themselves (``floor((s - lo) * bins / (hi - lo))`` only gives a
+first guess, which rounding can put one bin off for a score on an edge, e.g. ``0.29`` with 100
+bins over ``(0, 1)``). So "bins ``j`` and above" is exactly the set of scores ``>= edges[j]``:
+every histogram operating point is an *exact* operating point of the underlying scores,
+reproduced by accepting ``score >= edges[j]``, the threshold it is reported with.
 
 Error bound (stated, and checked by the tests): the exact ROC and the histogram ROC pass through
 the same two operating points ``A`` and ``B`` around the EER, and both stay inside the box they
