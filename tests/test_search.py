@@ -157,6 +157,10 @@ def test_faiss_path_glue_matches_torch_path(monkeypatch, metric):
     s_t, i_t = search(p, g, 4, metric=metric, use_faiss=False)
     torch.testing.assert_close(s_f, s_t, atol=1e-5, rtol=0)
     assert torch.equal(i_f, i_t)
+    # float64 inputs get float64 scores on either path, as documented
+    s_f64, _ = search(p.double(), g, 4, metric=metric, use_faiss=True)
+    assert s_f64.dtype == torch.float64
+    torch.testing.assert_close(s_f64, s_t.double(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,7 @@ def search(
             use_faiss is True or (device.type == "cpu" and dtype == torch.float32)
         ):
             scores, indices = _search_faiss(faiss, probes.cpu(), gallery.cpu(), k, metric)
-            return scores.to(out_device), indices.to(out_device)
+            return scores.to(device=out_device, dtype=dtype), indices.to(out_device)
 
     n_probes = probes.shape[0]
     p_blocks = [
