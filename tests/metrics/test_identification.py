@@ -399,3 +399,22 @@ def test_bad_arguments_raise_before_any_scoring(monkeypatch, call, match):
     p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match=match):
         call(p, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_open_set_thresholds_hold_when_applied_in_the_scores_dtype(dtype):
+    # A user deploys the threshold on scores of the same dtype (float32 cosines): the
+    # comparison must reproduce the reported FPIR and DIR, not admit the boundary probe.
+    gen = torch.Generator().manual_seed(6)
+    gallery_labels = torch.arange(10)
+    probe_labels = torch.cat([torch.arange(10), torch.full((20,), -1)])
+    scores = torch.rand(30, 10, generator=gen, dtype=dtype)
+    res = open_set_identification_from_scores(
+        scores, probe_labels, gallery_labels, fpir=[0.1, 0.25, 0.5]
+    )
+    top = scores.max(1).values
+    genuine = scores[torch.arange(10), torch.arange(10)]
+    rank1 = scores[:10].argmax(1) == torch.arange(10)
+    for t, fpir, dir_ in zip(res.thresholds.tolist(), res.fpir, res.dir):
+        assert (top[10:] >= t).double().mean().item() == fpir
+        assert ((genuine >= t) & rank1).double().mean().item() == dir_

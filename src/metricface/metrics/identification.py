@@ -68,6 +68,7 @@ class _ProbeSummary:
     top_score: np.ndarray  # (P,) float64
     enrolled: np.ndarray  # (P,) bool: the probe's label is a gallery identity
     n_identities: int
+    score_dtype: type  # numpy float type the scores were computed in (float32 or float64)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ class OpenSetResult:
     dir : numpy.ndarray, shape (n_targets,)
         ``DIR(T, R)`` at the threshold chosen for each target.
     thresholds : numpy.ndarray, shape (n_targets,)
-        The smallest threshold ``T`` (float64) with ``FPIR(T) <= target``; ``-inf`` when every
-        non-mated probe may be accepted. A probe is accepted when ``score >= T``.
+        The smallest threshold ``T`` with ``FPIR(T) <= target`` among the values of the dtype
+        the scores were computed in (float32 unless an input is float64), stored as float64,
+        so that ``score >= T`` gives the reported rates also on float32 scores; ``-inf`` when
+        every non-mated probe may be accepted. A probe is accepted when ``score >= T``.
     fpir : numpy.ndarray, shape (n_targets,)
         The FPIR actually reached at that threshold (``<=`` the target).
     curve_fpir, curve_dir, curve_thresholds : numpy.ndarray, shape (n_points,)
@@ -126,7 +129,9 @@ def _summarise(
     genuine = np.full(n, np.nan)
     rank = np.zeros(n, dtype=np.int64)
     top = np.empty(n)
+    score_dtype: type = np.float64
     for start, ident in blocks:
+        score_dtype = np.float32 if ident.dtype == torch.float32 else np.float64
         stop = start + ident.shape[0]
         idx = probe_index[start:stop].to(ident.device)
         ok = idx >= 0
@@ -137,7 +142,7 @@ def _summarise(
         ok_np = ok.cpu().numpy()
         genuine[start:stop][ok_np] = g[:, 0].double().cpu().numpy()[ok_np]
         rank[start:stop][ok_np] = r.cpu().numpy()[ok_np]
-    return _ProbeSummary(genuine, rank, top, probe_index.numpy() >= 0, n_identities)
+    return _ProbeSummary(genuine, rank, top, probe_index.numpy() >= 0, n_identities, score_dtype)
 
 
 def _blocks_from_embeddings(
@@ -425,8 +430,11 @@ def _open_set(
             )
         if allowed >= n_non:
             thresholds[i] = -math.inf
-        else:  # just above the (allowed + 1)-th best non-mated score
-            thresholds[i] = np.nextafter(non_mated_top[allowed], math.inf)
+        else:  # just above the (allowed + 1)-th best non-mated score, in the scores' dtype
+            # (a float64 threshold between two float32 scores would round back onto the
+            # boundary score when a user compares float32 scores with it)
+            f = summary.score_dtype
+            thresholds[i] = np.nextafter(f(non_mated_top[allowed]), f(math.inf))
     curve_t = np.unique(np.concatenate([non_mated_top, genuine_hits]))[::-1]
     curve_t = np.concatenate([[math.inf], curve_t])
     return OpenSetResult(
