@@ -213,6 +213,8 @@ def test_histogram_bad_input():
         ScoreHistogram(0)
     with pytest.raises(ValueError, match="lo < hi"):
         ScoreHistogram(10, range=(1, -1))
+    with pytest.raises(ValueError, match=r"range must have a finite width hi - lo, got \(-1e\+308"):
+        ScoreHistogram(10, range=(-1e308, 1e308))  # edges would be NaN and inf
     with pytest.raises(ValueError, match=r"y_score must lie in range=\(-1.0, 1.0\), got 1.5"):
         ScoreHistogram(10).update([1, 0], [0.2, 1.5])
     with pytest.raises(ValueError, match="both genuine and impostor"):

@@ -74,6 +74,8 @@ class ScoreHistogram:
         check_scalar(hi, "range[1]")
         if not lo < hi:
             raise ValueError(f"range must be (lo, hi) with lo < hi, got {range!r}")
+        if not np.isfinite(hi - lo):
+            raise ValueError(f"range must have a finite width hi - lo, got {range!r}")
         self.bins = int(bins)
         self.range = (lo, hi)
         self.genuine = np.zeros(self.bins, dtype=np.int64)
