@@ -380,6 +380,7 @@ def test_embedding_metrics_inside_an_autocast_region_equal_outside():
         (lambda p, y: cmc_curve(p, y, p, y, max_rank=4), "max_rank must be at most"),
         (lambda p, y: cmc_curve(p, y, p[:2], y[:2]), "every probe identity in the gallery"),
         (lambda p, y: top_k_accuracy(p, y, p, y, k=9), "k must be at most"),
+        (lambda p, y: top_k_accuracy(p, y, p, y, k=0), "k must be in"),
         (lambda p, y: open_set_identification(p, y, p[:2], y[:2], fpir=1.5), "fpir targets"),
         (lambda p, y: open_set_identification(p, y, p[:2], y[:2], rank=3), "rank must be at"),
         (lambda p, y: open_set_identification(p, y, p, y), "needs both mated"),
@@ -399,6 +400,12 @@ def test_bad_arguments_raise_before_any_scoring(monkeypatch, call, match):
     p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match=match):
         call(p, labels)
+
+
+def test_top_k_accuracy_requires_an_integer_k():
+    p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match="k must be an int, got NoneType None"):
+        top_k_accuracy(p, labels, p.flip(0), labels, k=None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -227,7 +227,7 @@ def _check_rank(value: object, name: str, n_identities: int) -> None:
         )
 
 
-def _closed_set_check(max_rank: object, name: str = "max_rank") -> _Check:
+def _closed_set_check(max_rank: object, name: str = "max_rank", optional: bool = True) -> _Check:
     def check(enrolled: np.ndarray, n_identities: int) -> None:
         if not enrolled.all():
             missing = int((~enrolled).sum())
@@ -236,7 +236,7 @@ def _closed_set_check(max_rank: object, name: str = "max_rank") -> _Check:
                 f"{missing} probe(s) whose label is not a gallery label; use "
                 "open_set_identification for galleries that miss some probe identities"
             )
-        if max_rank is not None:
+        if max_rank is not None or not optional:
             _check_rank(max_rank, name, n_identities)
 
     return check
@@ -351,7 +351,7 @@ def top_k_accuracy(
     """
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size, _closed_set_check(k, "k"),
+        metric, device, chunk_size, _closed_set_check(k, "k", optional=False),
     )  # fmt: skip
     return float(_cmc(summary, k)[-1])
 
