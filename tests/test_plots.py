@@ -98,6 +98,11 @@ def test_plot_bad_input(scores):
         plot_embeddings(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), method="umap")
     with pytest.raises(ValueError, match="same length"):
         plot_roc(y[:-1], s)
+    bad = torch.randn(6, 3)
+    bad[2, 1] = float("nan")
+    for method in ("pca", "tsne"):
+        with pytest.raises(ValueError, match="embeddings must contain only finite values"):
+            plot_embeddings(bad, torch.zeros(6, dtype=torch.long), method=method)
 
 
 def test_curves_share_axes_and_keep_the_widest_range(scores):

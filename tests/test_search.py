@@ -157,6 +157,10 @@ def test_faiss_path_glue_matches_torch_path(monkeypatch, metric):
     s_t, i_t = search(p, g, 4, metric=metric, use_faiss=False)
     torch.testing.assert_close(s_f, s_t, atol=1e-5, rtol=0)
     assert torch.equal(i_f, i_t)
+    # float64 inputs get float64 scores on either path, as documented
+    s_f64, _ = search(p.double(), g, 4, metric=metric, use_faiss=True)
+    assert s_f64.dtype == torch.float64
+    torch.testing.assert_close(s_f64, s_t.double(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -200,3 +204,17 @@ def test_finite_check_handles_overflowing_sums():
     torch.testing.assert_close(scores, torch.ones(1, 2))  # the norm did not overflow
     with pytest.raises(ValueError, match="got 1 NaN or infinite entry"):
         search(torch.ones(1, 2), torch.tensor([[1.0, -float("inf")], [1.0, 1.0]]), 1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+def test_autocast_context_does_not_lower_precision(metric):
+    # Evaluation is often called inside a training step's autocast region; the scores must
+    # still be float32 products (CPU autocast would run matmuls in bfloat16).
+    gen = torch.Generator().manual_seed(3)
+    probes, gallery = torch.randn(9, 32, generator=gen), torch.randn(80, 32, generator=gen)
+    expected = search(probes, gallery, 6, metric=metric, chunk_size=16, use_faiss=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, indices = search(probes, gallery, 6, metric=metric, chunk_size=16, use_faiss=False)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected[0], atol=0, rtol=0)
+    assert torch.equal(indices, expected[1])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from metricface._optional import require
-from metricface._validation import check_embeddings, check_labels
+from metricface._validation import check_embeddings, check_finite, check_labels
 from metricface.metrics._checks import check_binary_scores
 from metricface.metrics.verification import eer_from_points, operating_points
 
@@ -244,6 +244,7 @@ def plot_embeddings(
     matplotlib.axes.Axes
     """
     check_embeddings(embeddings)
+    check_finite(embeddings, "embeddings")
     check_labels(labels, embeddings.shape[0])
     if method not in ("auto", "tsne", "pca"):
         raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}")

@@ -76,9 +76,11 @@ def _similarity(p, g) -> torch.Tensor:
     """Similarity block (higher = closer) between two :func:`_prepare`-d blocks.
 
     For ``euclidean`` this is minus the distance, so that every metric ranks by "largest".
+    The product runs in the blocks' dtype even inside a caller's autocast region.
     """
     (px, pn), (gx, gn) = p, g
-    sim = px @ gx.T
+    with torch.autocast(px.device.type, enabled=False):
+        sim = px @ gx.T
     if pn is None:
         return sim
     sq = (pn[:, None] + gn[None, :] - 2.0 * sim).clamp_min_(0.0)
@@ -179,7 +181,8 @@ def search(
     -------
     scores : torch.Tensor, shape (P, k)
         Similarities in decreasing order (``cosine``, ``dot``) or distances in increasing
-        order (``euclidean``), float32 (float64 when an input is float64).
+        order (``euclidean``), float32 (float64 when an input is float64), also when called
+        inside an autocast region.
     indices : torch.Tensor, shape (P, k), int64
         Gallery row of each neighbour. Exact ties are ordered by increasing gallery index.
         Both outputs are on the probes' device.
@@ -215,7 +218,7 @@ def search(
             use_faiss is True or (device.type == "cpu" and dtype == torch.float32)
         ):
             scores, indices = _search_faiss(faiss, probes.cpu(), gallery.cpu(), k, metric)
-            return scores.to(out_device), indices.to(out_device)
+            return scores.to(device=out_device, dtype=dtype), indices.to(out_device)
 
     n_probes = probes.shape[0]
     p_blocks = [

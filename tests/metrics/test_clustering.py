@@ -119,6 +119,44 @@ def test_kmeans_is_a_lloyd_fixed_point_and_deterministic():
     assert res.centers.dtype == torch.float64
 
 
+def test_kmeans_inside_an_autocast_region_equals_outside():
+    # bfloat16 products in the expanded distances would assign points to a farther center
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 32, generator=gen)
+    ref = kmeans(x, 10, max_iter=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = kmeans(x, 10, max_iter=50)
+    assert torch.equal(res.labels, ref.labels)
+    assert res.inertia == ref.inertia
+
+
+def test_kmeans_distance_blocks_stay_within_budget(monkeypatch):
+    # Clustering N faces into thousands of identities must not build (rows x K) blocks of
+    # 65536 rows whatever K is: every intermediate tensor stays within the entry budget.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import metricface.metrics.clustering as clustering
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 8, generator=gen)
+    ref = kmeans(x, 150, max_iter=5)
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] == 150:
+                Largest.numel = max(Largest.numel, out.numel())
+            return out
+
+    monkeypatch.setattr(clustering, "_BLOCK_ENTRIES", 150 * 64)
+    with Largest():
+        res = kmeans(x, 150, max_iter=5)
+    assert 0 < Largest.numel <= 150 * 64
+    assert torch.equal(res.labels, ref.labels) and res.inertia == ref.inertia
+
+
 def test_kmeans_handles_duplicates_and_k_equal_n():
     x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     res = kmeans(x, 3)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metricface.metrics import (
@@ -117,6 +117,49 @@ def test_histogram_points_are_exact_operating_points(data, bins):
             assert hist.tar_at_far(a) <= tar_at_far(y, s, a) + 1e-15
 
 
+@given(
+    st.lists(st.integers(-100, 100), min_size=2, max_size=40),
+    st.integers(1, 200),
+    st.sampled_from([(-1.0, 1.0), (0.0, 1.0), (-1.0, 0.5)]),
+    st.integers(0, 2**32 - 1),
+)
+@example([29, 10, 57, 30], 100, (0.0, 1.0), 0)
+def test_reported_thresholds_reproduce_every_histogram_point(ks, bins, rng_range, seed):
+    # Scores rounded to two decimals (as in score files) often sit exactly on a bin edge; a
+    # user applying the reported threshold with ``score >= t`` must get the reported counts.
+    lo, hi = rng_range
+    s = np.clip(np.array(ks) / 100, lo, hi)
+    y = np.random.default_rng(seed).integers(0, 2, s.size)
+    y[:2] = [0, 1]
+    hist = ScoreHistogram(bins, rng_range).update(y, s)
+    fpr, tpr, thr = hist.roc_curve()
+    direct_far = (s[y == 0][None, :] >= thr[:, None]).mean(1)
+    direct_tar = (s[y == 1][None, :] >= thr[:, None]).mean(1)
+    np.testing.assert_array_equal(fpr, direct_far)
+    np.testing.assert_array_equal(tpr, direct_tar)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tar, t = hist.tar_at_far(0.25, return_threshold=True)
+    assert (s[y == 0] >= t).mean() <= 0.25 and (s[y == 1] >= t).mean() == tar
+
+
+def test_all_pairs_thresholds_reproduce_counts_with_scores_on_edges():
+    # 1-d embeddings: every dot product with the first one (1.0) is exactly the other value,
+    # and values such as 0.29 and 0.57 sit exactly on edges of 100 bins over (0, 1)
+    values = torch.tensor([1.0, 0.29, 0.57, 0.3, 0.1, 0.29, 0.57, 0.9], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1])
+    i, j = torch.triu_indices(8, 8, 1)
+    y = (labels[i] == labels[j]).numpy()
+    s = (values[i] * values[j]).numpy()
+    for dtype in (torch.float64, torch.float32):
+        emb = values[:, None].to(dtype)
+        hist = all_pairs_histogram(emb, labels, bins=100, range=(0, 1), normalize=False)
+        score = s if dtype == torch.float64 else (values[i].float() * values[j].float()).numpy()
+        fpr, tpr, thr = hist.roc_curve()
+        np.testing.assert_array_equal(fpr, (score[~y][None, :] >= thr[:, None]).mean(1))
+        np.testing.assert_array_equal(tpr, (score[y][None, :] >= thr[:, None]).mean(1))
+
+
 def test_bound_shrinks_with_bin_width_and_is_tight_on_gaussians():
     rng = np.random.default_rng(0)
     y = rng.random(200_000) < 0.2
@@ -148,11 +191,30 @@ def test_incremental_update_and_merge():
     assert "n_genuine=" in repr(whole)
 
 
+def test_update_accepts_float32_cosines_rounded_past_the_range():
+    # cosines of duplicated embeddings computed in float32 come out as 1.0000001 and the like
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 512, generator=gen)
+    cos = torch.nn.functional.cosine_similarity(x, x.clone())
+    cos = torch.cat([cos, -cos, torch.zeros(10)])
+    assert cos.max() > 1 and cos.min() < -1
+    y = torch.cat([torch.ones(400), torch.zeros(410)]).long()
+    hist = ScoreHistogram(100).update(y, cos)
+    assert hist.genuine[-1] == 400 and hist.impostor[0] == 400 and hist.impostor[50] == 10
+    ref = ScoreHistogram(100).update(y, cos.clamp(-1, 1))
+    np.testing.assert_array_equal(hist.genuine, ref.genuine)
+    np.testing.assert_array_equal(hist.impostor, ref.impostor)
+    with pytest.raises(ValueError, match=r"y_score must lie in range=\(-1.0, 1.0\), got 1.01"):
+        ScoreHistogram(100).update([1, 0], [0.2, 1.01])
+
+
 def test_histogram_bad_input():
     with pytest.raises(ValueError, match="bins must be in"):
         ScoreHistogram(0)
     with pytest.raises(ValueError, match="lo < hi"):
         ScoreHistogram(10, range=(1, -1))
+    with pytest.raises(ValueError, match=r"range must have a finite width hi - lo, got \(-1e\+308"):
+        ScoreHistogram(10, range=(-1e308, 1e308))  # edges would be NaN and inf
     with pytest.raises(ValueError, match=r"y_score must lie in range=\(-1.0, 1.0\), got 1.5"):
         ScoreHistogram(10).update([1, 0], [0.2, 1.5])
     with pytest.raises(ValueError, match="both genuine and impostor"):

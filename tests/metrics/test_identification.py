@@ -356,3 +356,72 @@ def test_top1_matches_pytorch_metric_learning_precision_at_1(seed):
     )
     expected = calc.get_accuracy(p, pl, g, gl, ref_includes_query=False)["precision_at_1"]
     assert top_k_accuracy(p, pl, g, gl, 1) == pytest.approx(expected, abs=1e-12)
+
+
+def test_embedding_metrics_inside_an_autocast_region_equal_outside():
+    # e.g. an evaluation hook run inside a training step's autocast region
+    gen = torch.Generator().manual_seed(5)
+    gallery_labels = torch.arange(40) % 12
+    probe_labels = torch.cat([torch.arange(30) % 12, torch.full((10,), -1)])
+    p, g = torch.randn(40, 16, generator=gen), torch.randn(40, 16, generator=gen)
+    cmc = cmc_curve(p[:30], probe_labels[:30], g, gallery_labels, chunk_size=8)
+    open_set = open_set_identification(p, probe_labels, g, gallery_labels, fpir=0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cmc_amp = cmc_curve(p[:30], probe_labels[:30], g, gallery_labels, chunk_size=8)
+        open_amp = open_set_identification(p, probe_labels, g, gallery_labels, fpir=0.2)
+    np.testing.assert_array_equal(cmc_amp, cmc)
+    np.testing.assert_array_equal(open_amp.thresholds, open_set.thresholds)
+    np.testing.assert_array_equal(open_amp.curve_dir, open_set.curve_dir)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p, y: cmc_curve(p, y, p, y, max_rank=4), "max_rank must be at most"),
+        (lambda p, y: cmc_curve(p, y, p[:2], y[:2]), "every probe identity in the gallery"),
+        (lambda p, y: top_k_accuracy(p, y, p, y, k=9), "k must be at most"),
+        (lambda p, y: top_k_accuracy(p, y, p, y, k=0), "k must be in"),
+        (lambda p, y: open_set_identification(p, y, p[:2], y[:2], fpir=1.5), "fpir targets"),
+        (lambda p, y: open_set_identification(p, y, p[:2], y[:2], rank=3), "rank must be at"),
+        (lambda p, y: open_set_identification(p, y, p, y), "needs both mated"),
+        (
+            lambda p, y: open_set_identification(p, y, p, y, unknown=torch.ones(2).bool()),
+            "unknown must be a boolean mask",
+        ),
+    ],
+)
+def test_bad_arguments_raise_before_any_scoring(monkeypatch, call, match):
+    import metricface.metrics.identification as identification
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the gallery was scored before the arguments were checked")
+
+    monkeypatch.setattr(identification, "_blocks_from_embeddings", no_scoring)
+    p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=match):
+        call(p, labels)
+
+
+def test_top_k_accuracy_requires_an_integer_k():
+    p, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match="k must be an int, got NoneType None"):
+        top_k_accuracy(p, labels, p.flip(0), labels, k=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_open_set_thresholds_hold_when_applied_in_the_scores_dtype(dtype):
+    # A user deploys the threshold on scores of the same dtype (float32 cosines): the
+    # comparison must reproduce the reported FPIR and DIR, not admit the boundary probe.
+    gen = torch.Generator().manual_seed(6)
+    gallery_labels = torch.arange(10)
+    probe_labels = torch.cat([torch.arange(10), torch.full((20,), -1)])
+    scores = torch.rand(30, 10, generator=gen, dtype=dtype)
+    res = open_set_identification_from_scores(
+        scores, probe_labels, gallery_labels, fpir=[0.1, 0.25, 0.5]
+    )
+    top = scores.max(1).values
+    genuine = scores[torch.arange(10), torch.arange(10)]
+    rank1 = scores[:10].argmax(1) == torch.arange(10)
+    for t, fpir, dir_ in zip(res.thresholds.tolist(), res.fpir, res.dir):
+        assert (top[10:] >= t).double().mean().item() == fpir
+        assert ((genuine >= t) & rank1).double().mean().item() == dir_

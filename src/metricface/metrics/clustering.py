@@ -162,8 +162,16 @@ class KMeansResult(NamedTuple):
     n_iter: int
 
 
-def _sq_dist_argmin(x, x_sq, centers, chunk: int = 65536):
-    """Nearest center (ties: lowest index) and its squared distance, in row chunks."""
+_BLOCK_ENTRIES = 2**24  # entries of one (rows x K) distance block: 64 MiB in float32
+
+
+def _sq_dist_argmin(x, x_sq, centers):
+    """Nearest center (ties: lowest index) and its squared distance, in row chunks.
+
+    Each chunk's ``(rows, K)`` distance block holds at most ``_BLOCK_ENTRIES`` entries, so
+    memory does not grow with the number of clusters times the number of points.
+    """
+    chunk = max(1, _BLOCK_ENTRIES // centers.shape[0])
     c_sq = centers.square().sum(1)
     labels, dists = [], []
     for s in range(0, x.shape[0], chunk):
@@ -235,7 +243,8 @@ def kmeans(
     Parameters
     ----------
     x : torch.Tensor or numpy.ndarray, shape (N, D)
-        Points to cluster (computed in float32, or float64 if ``x`` is float64).
+        Points to cluster (computed in float32, or float64 if ``x`` is float64, also inside
+        an autocast region).
     n_clusters : int
         Number of clusters ``K``, ``1 <= K <= N``.
     seed : int
@@ -277,11 +286,12 @@ def kmeans(
     abs_tol = tol * float(x.var(0, unbiased=False).mean()) if x.shape[0] > 1 else 0.0
     gen = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
-    for _ in range(n_init):
-        init = _kmeans_pp(x, x_sq, n_clusters, gen)
-        run = KMeansResult(*_lloyd(x, x_sq, init, max_iter, abs_tol))
-        if best is None or run.inertia < best.inertia:
-            best = run
+    with torch.autocast(device.type, enabled=False):  # distances in float32 even under autocast
+        for _ in range(n_init):
+            init = _kmeans_pp(x, x_sq, n_clusters, gen)
+            run = KMeansResult(*_lloyd(x, x_sq, init, max_iter, abs_tol))
+            if best is None or run.inertia < best.inertia:
+                best = run
     assert best is not None
     return best._replace(centers=best.centers + mean)
 

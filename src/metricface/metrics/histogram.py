@@ -1,12 +1,13 @@
 """Verification metrics from score histograms, for score sets too large to hold or sort.
 
 A :class:`ScoreHistogram` counts genuine and impostor scores in ``bins`` equal-width bins over a
-fixed ``range = (lo, hi)``. A score ``s`` goes to bin ``floor((s - lo) * bins / (hi - lo))``,
-clamped to ``[0, bins - 1]``, i.e. ``[edges[j], edges[j + 1])`` up to the rounding of that
-expression. The bin index is a non-decreasing function of the score, so "bins ``j`` and above" is
-always the set of scores ``>= t`` for some threshold ``t``: every histogram operating point is an
-*exact* operating point of the underlying scores. Its threshold is reported as ``edges[j]``;
-only a score within a few ulps of an edge can sit on the other side of it.
+fixed ``range = (lo, hi)``: bin ``j`` holds exactly the scores ``edges[j] <= s < edges[j + 1]``
+(the end bins also ``s == hi`` and scores a rounding error past the range), decided by comparing
+each score with the float64 edges themselves (``floor((s - lo) * bins / (hi - lo))`` only gives a
+first guess, which rounding can put one bin off for a score on an edge, e.g. ``0.29`` with 100
+bins over ``(0, 1)``). So "bins ``j`` and above" is exactly the set of scores ``>= edges[j]``:
+every histogram operating point is an *exact* operating point of the underlying scores,
+reproduced by accepting ``score >= edges[j]``, the threshold it is reported with.
 
 Error bound (stated, and checked by the tests): the exact ROC and the histogram ROC pass through
 the same two operating points ``A`` and ``B`` around the EER, and both stay inside the box they
@@ -46,6 +47,9 @@ from metricface.metrics.verification import (
 
 __all__ = ["ScoreHistogram", "all_pairs_histogram"]
 
+# Scores this far (relative to hi - lo) past an end of the range are rounding, not misuse.
+_RANGE_SLACK = 1e-4
+
 
 class ScoreHistogram:
     """Genuine and impostor score counts over fixed, equal-width bins.
@@ -70,6 +74,8 @@ class ScoreHistogram:
         check_scalar(hi, "range[1]")
         if not lo < hi:
             raise ValueError(f"range must be (lo, hi) with lo < hi, got {range!r}")
+        if not np.isfinite(hi - lo):
+            raise ValueError(f"range must have a finite width hi - lo, got {range!r}")
         self.bins = int(bins)
         self.range = (lo, hi)
         self.genuine = np.zeros(self.bins, dtype=np.int64)
@@ -98,7 +104,10 @@ class ScoreHistogram:
         y_true : array-like of shape (n,)
             1 / ``True`` genuine, 0 / ``False`` impostor.
         y_score : array-like of shape (n,)
-            Scores inside ``range`` (a score outside raises ``ValueError``).
+            Scores inside ``range``. Scores past an end by at most ``1e-4 * (hi - lo)``
+            (float32 cosines of identical embeddings reach ``1.0000004``) are counted in the
+            end bin, as :func:`all_pairs_histogram` does; a score farther out raises
+            ``ValueError``.
 
         Returns
         -------
@@ -107,7 +116,8 @@ class ScoreHistogram:
         """
         labels, scores = check_binary_scores(y_true, y_score, require_both=False)
         lo, hi = self.range
-        outside = np.flatnonzero((scores < lo) | (scores > hi))
+        slack = _RANGE_SLACK * (hi - lo)
+        outside = np.flatnonzero((scores < lo - slack) | (scores > hi + slack))
         if outside.size:
             i = int(outside[0])
             raise ValueError(
@@ -120,9 +130,15 @@ class ScoreHistogram:
         return self
 
     def _bin_index(self, scores: np.ndarray) -> np.ndarray:
+        """Bin ``j`` with ``edges[j] <= s < edges[j + 1]``; scores past an end go to its bin."""
         lo, hi = self.range
+        edges = self.edges
         idx = (scores - lo) * (self.bins / (hi - lo))
-        return np.clip(idx, 0, self.bins - 1).astype(np.int64)  # truncation == floor here
+        idx = np.clip(idx, 0, self.bins - 1).astype(np.int64)  # truncation == floor here
+        # the guess can be one bin off for a score on an edge: settle it against the edges
+        idx -= (scores < edges[idx]) & (idx > 0)
+        idx += (scores >= edges[idx + 1]) & (idx < self.bins - 1)
+        return idx
 
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         """Add the counts of a histogram with identical bins (e.g. from another process)."""
@@ -196,8 +212,8 @@ class ScoreHistogram:
     def tar_at_far(self, far: Any, return_threshold: bool = False) -> Any:
         """TAR@FAR over the bin-edge operating points.
 
-        A lower bound of the exact TAR@FAR (fewer thresholds to choose from), attained by the
-        returned bin-edge threshold (up to the edge rounding noted in the module docstring).
+        A lower bound of the exact TAR@FAR (fewer thresholds to choose from), attained exactly
+        by accepting ``score >= `` the returned bin-edge threshold.
         Arguments and returns as :func:`tar_at_far`.
         """
         targets, scalar = check_far_targets(far)
@@ -236,10 +252,12 @@ def all_pairs_histogram(
     labels : torch.Tensor of shape (N,)
         Integer identity ids; a pair is genuine when its two ids are equal.
     bins, range
-        As :class:`ScoreHistogram`. Similarities outside ``range`` (cosines exceed 1 by
-        rounding) are counted in the end bins, which keeps the EER bound valid.
+        As :class:`ScoreHistogram`; a similarity on a bin edge goes to the bin above it, as
+        there. Similarities outside ``range`` (cosines exceed 1 by rounding) are counted in the
+        end bins, which keeps the EER bound valid.
     block_size : int, optional
-        Tile side; ``block_size**2`` similarities (plus int32 bin ids) are live at once.
+        Tile side; about four ``block_size**2`` arrays of similarities or int32 bin ids are
+        live at once.
         Defaults to 1024 on CPU (cache-sized tiles are fastest) and 8192 on GPUs.
     device : str or torch.device, optional
         Where to compute; defaults to the device of ``embeddings``.
@@ -268,6 +286,18 @@ def all_pairs_histogram(
     y = labels.to(dev)
     lo, hi = hist.range
     scale = hist.bins / (hi - lo)
+    # Edges in the similarities' dtype, rounded up: for a float32 similarity s and a float64
+    # edge e, s >= e exactly when s >= (the smallest float32 >= e).
+    edges = hist.edges
+    if dtype == torch.float32:
+        e32 = edges.astype(np.float32)
+        edges = np.where(e32 < edges, np.nextafter(e32, np.float32(np.inf)), e32)
+    edges_dev = torch.from_numpy(edges).to(device=dev, dtype=dtype)
+    # The first guess of a bin index, (s - lo) * scale, is off by at most a few ulps of
+    # max(bins, |lo| * scale) in the dtype it is computed in (float64 beyond 2**16 bins).
+    guess_dtype = dtype if hist.bins <= 2**16 else torch.float64
+    ulp = torch.finfo(guess_dtype).eps * max(hist.bins, abs(lo) * scale, abs(hi) * scale)
+    near = min(0.25, 16 * ulp)
     dump = 2 * hist.bins  # slot for the pairs a diagonal tile must not count
     counts = torch.zeros(dump + 1, dtype=torch.int64, device=dev)
     lower = None
@@ -277,7 +307,20 @@ def all_pairs_histogram(
             with torch.autocast(dev.type, enabled=False):  # scores in float32/64
                 sim = xi @ x[j0 : j0 + block_size].T
             # same bin rule as ScoreHistogram.update; truncation of a value >= 0 is floor
-            idx = sim.sub_(lo).mul_(scale).clamp_(0, hist.bins - 1).to(torch.int32)
+            guess = sim.to(guess_dtype).sub_(lo) if guess_dtype != dtype else sim - lo
+            guess.mul_(scale).clamp_(0, hist.bins - 1)
+            idx = guess.to(torch.int32)
+            # only a guess within `near` of an integer can be a bin off: settle those few
+            # against the edges, as ScoreHistogram.update does
+            centred = guess.frac_().sub_(0.5).abs_()  # 0.5 at an integer, 0 half-way
+            pos = (centred > 0.5 - near).nonzero(as_tuple=True)
+            del guess, centred
+            if pos[0].numel():
+                s, j = sim[pos], idx[pos]
+                j.sub_(((s < edges_dev[j]) & (j > 0)).to(torch.int32))
+                j.add_(((s >= edges_dev[j + 1]) & (j < hist.bins - 1)).to(torch.int32))
+                idx[pos] = j
+            del sim
             same = yi[:, None] == y[None, j0 : j0 + block_size]
             idx.add_(same.to(torch.int32), alpha=hist.bins)
             if j0 == i0:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +68,7 @@ class _ProbeSummary:
     top_score: np.ndarray  # (P,) float64
     enrolled: np.ndarray  # (P,) bool: the probe's label is a gallery identity
     n_identities: int
+    score_dtype: type  # numpy float type the scores were computed in (float32 or float64)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ class OpenSetResult:
     dir : numpy.ndarray, shape (n_targets,)
         ``DIR(T, R)`` at the threshold chosen for each target.
     thresholds : numpy.ndarray, shape (n_targets,)
-        The smallest threshold ``T`` (float64) with ``FPIR(T) <= target``; ``-inf`` when every
-        non-mated probe may be accepted. A probe is accepted when ``score >= T``.
+        The smallest threshold ``T`` with ``FPIR(T) <= target`` among the values of the dtype
+        the scores were computed in (float32 unless an input is float64), stored as float64,
+        so that ``score >= T`` gives the reported rates also on float32 scores; ``-inf`` when
+        every non-mated probe may be accepted. A probe is accepted when ``score >= T``.
     fpir : numpy.ndarray, shape (n_targets,)
         The FPIR actually reached at that threshold (``<=`` the target).
     curve_fpir, curve_dir, curve_thresholds : numpy.ndarray, shape (n_points,)
@@ -126,7 +129,9 @@ def _summarise(
     genuine = np.full(n, np.nan)
     rank = np.zeros(n, dtype=np.int64)
     top = np.empty(n)
+    score_dtype: type = np.float64
     for start, ident in blocks:
+        score_dtype = np.float32 if ident.dtype == torch.float32 else np.float64
         stop = start + ident.shape[0]
         idx = probe_index[start:stop].to(ident.device)
         ok = idx >= 0
@@ -137,7 +142,7 @@ def _summarise(
         ok_np = ok.cpu().numpy()
         genuine[start:stop][ok_np] = g[:, 0].double().cpu().numpy()[ok_np]
         rank[start:stop][ok_np] = r.cpu().numpy()[ok_np]
-    return _ProbeSummary(genuine, rank, top, probe_index.numpy() >= 0, n_identities)
+    return _ProbeSummary(genuine, rank, top, probe_index.numpy() >= 0, n_identities, score_dtype)
 
 
 def _blocks_from_embeddings(
@@ -160,8 +165,20 @@ def _blocks_from_embeddings(
         yield start, ident
 
 
+# A check of the caller's own arguments, given which probes are enrolled and the number of gallery
+# identities; it runs before any score is computed.
+_Check = Callable[[np.ndarray, int], None]
+
+
 def _summary_from_embeddings(
-    probe_embeddings, probe_labels, gallery_embeddings, gallery_labels, metric, device, chunk_size
+    probe_embeddings,
+    probe_labels,
+    gallery_embeddings,
+    gallery_labels,
+    metric,
+    device,
+    chunk_size,
+    check: _Check,
 ) -> _ProbeSummary:
     probes, gallery = _check_pair(probe_embeddings, gallery_embeddings)
     probe_labels = _labels(probe_labels, probes.shape[0], "probe_labels")
@@ -170,13 +187,14 @@ def _summary_from_embeddings(
     check_scalar(chunk_size, "chunk_size", low=1, integer=True)
     device = probes.device if device is None else torch.device(device)
     gallery_index, probe_index, n_ids = _index_identities(probe_labels, gallery_labels)
+    check(probe_index.numpy() >= 0, n_ids)
     blocks = _blocks_from_embeddings(
         probes, gallery, gallery_index, n_ids, metric, device, chunk_size
     )
     return _summarise(blocks, probe_index, n_ids)
 
 
-def _summary_from_scores(scores, probe_labels, gallery_labels) -> _ProbeSummary:
+def _summary_from_scores(scores, probe_labels, gallery_labels, check: _Check) -> _ProbeSummary:
     scores = as_tensor(scores, "scores")
     if not scores.is_floating_point():
         scores = scores.double()
@@ -189,6 +207,7 @@ def _summary_from_scores(scores, probe_labels, gallery_labels) -> _ProbeSummary:
     probe_labels = _labels(probe_labels, scores.shape[0], "probe_labels")
     gallery_labels = _labels(gallery_labels, scores.shape[1], "gallery_labels")
     gallery_index, probe_index, n_ids = _index_identities(probe_labels, gallery_labels)
+    check(probe_index.numpy() >= 0, n_ids)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     ident = torch.full((scores.shape[0], n_ids), -math.inf, dtype=scores.dtype)
     ident = ident.to(scores.device)
@@ -208,16 +227,24 @@ def _check_rank(value: object, name: str, n_identities: int) -> None:
         )
 
 
+def _closed_set_check(max_rank: object, name: str = "max_rank", optional: bool = True) -> _Check:
+    def check(enrolled: np.ndarray, n_identities: int) -> None:
+        if not enrolled.all():
+            missing = int((~enrolled).sum())
+            raise ValueError(
+                "closed-set identification needs every probe identity in the gallery, got "
+                f"{missing} probe(s) whose label is not a gallery label; use "
+                "open_set_identification for galleries that miss some probe identities"
+            )
+        if max_rank is not None or not optional:
+            _check_rank(max_rank, name, n_identities)
+
+    return check
+
+
 def _cmc(summary: _ProbeSummary, max_rank: int | None) -> np.ndarray:
-    if not summary.enrolled.all():
-        missing = int((~summary.enrolled).sum())
-        raise ValueError(
-            "closed-set identification needs every probe identity in the gallery, got "
-            f"{missing} probe(s) whose label is not a gallery label; use "
-            "open_set_identification for galleries that miss some probe identities"
-        )
+    """CMC up to ``max_rank`` of a summary that passed :func:`_closed_set_check`."""
     max_rank = summary.n_identities if max_rank is None else max_rank
-    _check_rank(max_rank, "max_rank", summary.n_identities)
     counts = np.bincount(summary.rank, minlength=summary.n_identities + 1)[1 : max_rank + 1]
     return np.cumsum(counts) / summary.rank.size
 
@@ -267,7 +294,7 @@ def cmc_curve(
     """
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _closed_set_check(max_rank),
     )  # fmt: skip
     return _cmc(summary, max_rank)
 
@@ -295,7 +322,10 @@ def cmc_curve_from_scores(
     numpy.ndarray, shape (max_rank,), float64
         As :func:`cmc_curve`.
     """
-    return _cmc(_summary_from_scores(scores, probe_labels, gallery_labels), max_rank)
+    summary = _summary_from_scores(
+        scores, probe_labels, gallery_labels, _closed_set_check(max_rank)
+    )
+    return _cmc(summary, max_rank)
 
 
 def top_k_accuracy(
@@ -321,35 +351,36 @@ def top_k_accuracy(
     """
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _closed_set_check(k, "k", optional=False),
     )  # fmt: skip
-    _check_rank(k, "k", summary.n_identities)
     return float(_cmc(summary, k)[-1])
 
 
 # --------------------------------------------------------------------------- open set
 
 
-def _open_set(
-    summary: _ProbeSummary, fpir: Sequence[float] | float, rank: int, unknown: object
-) -> OpenSetResult:
-    _check_rank(rank, "rank", summary.n_identities)
+def _fpir_targets(fpir: Sequence[float] | float) -> np.ndarray:
     targets = np.atleast_1d(np.asarray(fpir, dtype=np.float64))
     if targets.ndim != 1 or targets.size == 0:
         raise ValueError(f"fpir must be a number or a 1-d sequence of numbers, got {fpir!r}")
     if not np.all((targets >= 0) & (targets <= 1)):
         raise ValueError(f"fpir targets must be in [0, 1], got {targets.tolist()}")
+    return targets
+
+
+def _mated(enrolled: np.ndarray, unknown: object) -> np.ndarray:
+    """Which probes are mated: the enrolled ones, or those ``unknown`` marks ``False``."""
     if unknown is None:
-        mated = summary.enrolled
+        mated = enrolled
     else:
         mask = as_tensor(unknown, "unknown")
-        if mask.dtype != torch.bool or mask.shape != (summary.enrolled.size,):
+        if mask.dtype != torch.bool or mask.shape != (enrolled.size,):
             raise ValueError(
-                f"unknown must be a boolean mask of shape ({summary.enrolled.size},), got "
+                f"unknown must be a boolean mask of shape ({enrolled.size},), got "
                 f"dtype {mask.dtype} and shape {tuple(mask.shape)}"
             )
         mated = ~mask.cpu().numpy()
-        if np.any(mated & ~summary.enrolled):
+        if np.any(mated & ~enrolled):
             raise ValueError(
                 "unknown marks as known (False) some probes whose label is not a gallery label"
             )
@@ -359,6 +390,23 @@ def _open_set(
             "open-set identification needs both mated probes (identity in the gallery) and "
             f"non-mated probes (unknown), got {n_mated} mated and {n_non} non-mated"
         )
+    return mated
+
+
+def _open_set_check(rank: object, unknown: object) -> _Check:
+    def check(enrolled: np.ndarray, n_identities: int) -> None:
+        _check_rank(rank, "rank", n_identities)
+        _mated(enrolled, unknown)
+
+    return check
+
+
+def _open_set(
+    summary: _ProbeSummary, targets: np.ndarray, rank: int, unknown: object
+) -> OpenSetResult:
+    """DIR/FPIR of a summary that passed :func:`_open_set_check` at validated ``targets``."""
+    mated = _mated(summary.enrolled, unknown)
+    n_mated, n_non = int(mated.sum()), int((~mated).sum())
     non_mated_top = np.sort(summary.top_score[~mated])[::-1]  # decreasing
     hit = summary.rank[mated] <= rank
     genuine_hits = np.sort(summary.genuine_score[mated][hit])  # increasing
@@ -382,8 +430,11 @@ def _open_set(
             )
         if allowed >= n_non:
             thresholds[i] = -math.inf
-        else:  # just above the (allowed + 1)-th best non-mated score
-            thresholds[i] = np.nextafter(non_mated_top[allowed], math.inf)
+        else:  # just above the (allowed + 1)-th best non-mated score, in the scores' dtype
+            # (a float64 threshold between two float32 scores would round back onto the
+            # boundary score when a user compares float32 scores with it)
+            f = summary.score_dtype
+            thresholds[i] = np.nextafter(f(non_mated_top[allowed]), f(math.inf))
     curve_t = np.unique(np.concatenate([non_mated_top, genuine_hits]))[::-1]
     curve_t = np.concatenate([[math.inf], curve_t])
     return OpenSetResult(
@@ -443,11 +494,12 @@ def open_set_identification(
         Bad inputs (as in :func:`cmc_curve`), targets outside ``[0, 1]``, or no mated or no
         non-mated probe.
     """
+    targets = _fpir_targets(fpir)
     summary = _summary_from_embeddings(
         probe_embeddings, probe_labels, gallery_embeddings, gallery_labels,
-        metric, device, chunk_size,
+        metric, device, chunk_size, _open_set_check(rank, unknown),
     )  # fmt: skip
-    return _open_set(summary, fpir, rank, unknown)
+    return _open_set(summary, targets, rank, unknown)
 
 
 def open_set_identification_from_scores(
@@ -472,6 +524,8 @@ def open_set_identification_from_scores(
     -------
     OpenSetResult
     """
-    return _open_set(
-        _summary_from_scores(scores, probe_labels, gallery_labels), fpir, rank, unknown
+    targets = _fpir_targets(fpir)
+    summary = _summary_from_scores(
+        scores, probe_labels, gallery_labels, _open_set_check(rank, unknown)
     )
+    return _open_set(summary, targets, rank, unknown)

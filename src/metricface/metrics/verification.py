@@ -359,7 +359,9 @@ def kfold_verification_accuracy(
     mean : float
         Mean held-out accuracy over folds.
     std : float
-        Population standard deviation (``ddof=0``) of the per-fold accuracies, as LFW reports.
+        Population standard deviation (``ddof=0``) of the per-fold accuracies, the "+-" figure
+        common face-recognition evaluation code prints. The LFW protocol's standard error of
+        the mean is ``np.std(accs, ddof=1) / sqrt(n_folds)``, a different number.
     thresholds : numpy.ndarray of shape (n_folds,)
         Only when ``return_thresholds=True``. The midpoint between the best training score and
         the next lower one (``+inf`` if rejecting every pair is best, ``-inf`` if accepting
