@@ -238,10 +238,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     if args.child:
         job = json.loads(args.child)
-        if job[0] == "time":
-            print(json.dumps(measure_time(*job[1:])))
-        else:
-            print(json.dumps(measure_memory(*job[1:])))
+        try:
+            if job[0] == "time":
+                print(json.dumps(measure_time(*job[1:])))
+            else:
+                print(json.dumps(measure_memory(*job[1:])))
+        except (torch.OutOfMemoryError, MemoryError):
+            print(json.dumps({"error": "OOM"}))  # a cell of the table, not a crash
         return
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -270,6 +273,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                 for lib in libs
             }
             name = _case_name(loss, b, d, c)
+            failed = {lib: isinstance(m, dict) for lib, m in mem.items()}  # {"error": ...}
+            if "error" in res or any(failed.values()):
+                # out of memory on one side: record it as a cell, keep what was measured
+                times = res.get("time", {})
+                t_cells = [_secs(times[k]) if k in times else res.get("error", "-") for k in libs]
+                m_cells = [mem[k]["error"] if failed[k] else _mib(mem[k]) for k in libs]
+                for what, cells in (("fwd+bwd time", t_cells), ("peak memory", m_cells)):
+                    peer_cell = cells[1] if has_peer else "-"
+                    print(f"| {what}, {name} | {cells[0]} | {peer_cell} | - | |", flush=True)
+                continue
             ours_t, ours_l = res["time"]["metricface"], res["loss"]["metricface"]
             if has_peer:
                 peer_t, peer_l = res["time"]["pml"], res["loss"]["pml"]
