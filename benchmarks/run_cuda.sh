@@ -8,12 +8,12 @@
 # Each step runs under its own time limit and its output is teed to OUTDIR/<step>.log;
 # OUTDIR/summary.txt lists every step's exit status and duration ("TIMEOUT" when its limit
 # was hit; what a script printed before that, table rows or progress lines, is kept in the
-# log). Without STEPs, all of them run: about 25 minutes at most. The STEPs, with their
+# log). Without STEPs, all of them run: 25.3 minutes at most. The STEPs, with their
 # limits in seconds:
 #
-#     tests 120  metrics 120  search 90  margin 150                  (group 1: at most 8 min)
+#     tests 100  metrics 110  search 80  margin 150                  (group 1: at most 7.4 min)
 #     backbones 160  backbones_compile 220  miners 190                 (group 2: at most 9.5 min)
-#     partial_fc_1m 120  partial_fc_10m 210  training 150              (group 3: at most 8 min)
+#     partial_fc_1m 120  partial_fc_10m 210  training 180              (group 3: at most 8.5 min)
 #
 # so a runner that allows 10 minutes per command can run the three groups one after another:
 #
@@ -43,11 +43,11 @@ cd "$(dirname "$0")/.." || exit 2
 declare -A LIMIT CMD
 ORDER=(tests metrics search margin backbones backbones_compile miners partial_fc_1m partial_fc_10m
     training)
-LIMIT[tests]=120
+LIMIT[tests]=100
 CMD[tests]="$PY -m pytest -m cuda -q -p no:cacheprovider"
-LIMIT[metrics]=120
+LIMIT[metrics]=110
 CMD[metrics]="$PY benchmarks/bench_metrics.py --device cuda --pairs-n 100000"
-LIMIT[search]=90
+LIMIT[search]=80
 CMD[search]="$PY benchmarks/bench_search.py --device cuda"
 LIMIT[margin]=150
 CMD[margin]="$PY benchmarks/bench_margin_losses.py --device cuda --cases 512,512,100000 512,512,1000000"
@@ -61,7 +61,7 @@ LIMIT[partial_fc_1m]=120
 CMD[partial_fc_1m]="$PY benchmarks/bench_partial_fc.py --device cuda --classes 1000000"
 LIMIT[partial_fc_10m]=210
 CMD[partial_fc_10m]="$PY benchmarks/bench_partial_fc.py --device cuda --classes 10000000"
-LIMIT[training]=150
+LIMIT[training]=180
 CMD[training]="$PY benchmarks/bench_training.py --device cuda --backbone iresnet50 --width 1 --embedding-dim 512 --image-size 112 --batch-size 256 --workers 8 --amp bf16 --channels-last --steps 100"
 
 if [ $# -gt 0 ]; then
