@@ -35,6 +35,7 @@ fi
 OUT=$1
 shift
 PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1  # a step stopped at its limit keeps everything it printed
 SCALE=${SCALE:-1}
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)  # absolute: the steps run from the repository root
