@@ -140,14 +140,19 @@ def bench_pair(name: str, batch: int, s: Setup) -> dict[str, float]:
         x = x.to(memory_format=torch.channels_last)
     steps, result = {}, {}
     for key, model in models.items():
+        # both networks stay resident, so a network's peak is counted from what was allocated
+        # before it was moved to the device (the input and the other network's parameters and
+        # momentum): its own parameters, gradients, momentum and activations
+        _sync(s.device)
+        base = torch.cuda.memory_allocated(s.device) if s.device.type == "cuda" else 0
         steps[key], result[f"{key}_flops"] = _prepare(model, s)
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
-        for _ in range(s.warmup):
+        for _ in range(s.warmup):  # includes torch.compile's compilation with --compile
             steps[key](x)
         _sync(s.device)
         if s.device.type == "cuda":
-            result[f"{key}_mem"] = torch.cuda.max_memory_allocated(s.device) / 2**30
+            result[f"{key}_mem"] = (torch.cuda.max_memory_allocated(s.device) - base) / 2**30
     rates: dict[str, list[float]] = {"ours": [], "peer": []}
     for _ in range(s.repeats):
         for key in rates:
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
     cuda = device.type == "cuda"
+    if cuda:  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
+        torch.backends.cudnn.benchmark = True
     dtype_name = a.dtype or ("bf16" if cuda else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     models = a.models or (["resnet18", "iresnet18", "resnet50"] if a.quick else sorted(PEER))
@@ -235,7 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + "---|" * len(cols))
     for model_name in models:
         for batch in batches:
-            r = bench_pair(model_name, batch, s)
+            try:
+                r = bench_pair(model_name, batch, s)
+            except torch.OutOfMemoryError:  # record the cell and go on with the next case
+                torch.cuda.empty_cache()
+                row = [f"{model_name} b{batch}", PEER[model_name]] + ["OOM"] * (len(cols) - 2)
+                print("| " + " | ".join(row) + " |", flush=True)
+                continue
             mfu = {k: 3 * r[f"{k}_flops"] * r[k] / peak for k in ("ours", "peer")}
             row = [
                 f"{model_name} b{batch}",

@@ -10,12 +10,14 @@ each up once, then alternates their ``forward + backward`` steps (gradients set 
 first, as an optimiser's ``zero_grad`` does) and reports the median of ``--repeats`` steps each;
 alternating keeps load drift on a shared machine from favouring either side.
 
-Peak memory: a fresh subprocess per (case, loss, library) warms up once and measures one more
-step:
+Peak memory: one more step after the warm-up, of each library separately:
 
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
-  memory allocated before the step (parameters, inputs).
-- CPU: the growth of the process's peak resident set: the kernel's ``VmHWM`` is reset through
+  memory allocated before the step (parameters, inputs, the other library's tensors). The
+  allocator's counters see only live tensors, so this runs in the timing subprocess, after its
+  timed steps, instead of in fresh ones (each of which would pay for CUDA initialisation).
+- CPU: a fresh subprocess per (case, loss, library) warms up once and measures one more step:
+  the growth of the process's peak resident set: the kernel's ``VmHWM`` is reset through
   ``/proc/self/clear_refs`` just before the step and read after it, minus ``VmRSS`` before the
   step. This counts every page the step touched (tensors, autograd buffers, allocator slack),
   not only live tensors. Children run with ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc maps every
@@ -174,11 +176,24 @@ def measure_time(loss: str, libs: list[str], b: int, d: int, c: int, device: str
             t0 = time.perf_counter()
             step()
             times[lib].append(time.perf_counter() - t0)
-    return {
+    result = {
         "time": {lib: statistics.median(t) for lib, t in times.items()},
         "loss": losses,
         "grad_diff": grad_diff,
     }
+    if device == "cuda":  # peak of one step per library, beyond everything already allocated
+        result["memory"] = {}
+        for lib, step in steps.items():
+            step.clear()  # type: ignore[attr-defined]  # its own gradients count as its memory
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                step()
+            except torch.OutOfMemoryError:
+                result["memory"][lib] = {"error": "OOM"}
+                continue
+            result["memory"][lib] = torch.cuda.max_memory_allocated() - base
+    return result
 
 
 def measure_memory(loss: str, lib: str, b: int, d: int, c: int, device: str) -> int:
@@ -238,10 +253,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     if args.child:
         job = json.loads(args.child)
-        if job[0] == "time":
-            print(json.dumps(measure_time(*job[1:])))
-        else:
-            print(json.dumps(measure_memory(*job[1:])))
+        try:
+            if job[0] == "time":
+                print(json.dumps(measure_time(*job[1:])))
+            else:
+                print(json.dumps(measure_memory(*job[1:])))
+        except (torch.OutOfMemoryError, MemoryError):
+            print(json.dumps({"error": "OOM"}))  # a cell of the table, not a crash
         return
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -265,11 +283,24 @@ def main(argv: Optional[list[str]] = None) -> None:
             has_peer = LOSSES[loss][1] is not None
             libs = ["metricface", "pml"] if has_peer else ["metricface"]
             res = _run_child(args, ["time", loss, libs, b, d, c, args.device, args.repeats], False)
-            mem = {
-                lib: _run_child(args, ["memory", loss, lib, b, d, c, args.device], True)
-                for lib in libs
-            }
+            if "memory" in res:  # CUDA: measured by the timing subprocess
+                mem = res["memory"]
+            else:
+                mem = {
+                    lib: _run_child(args, ["memory", loss, lib, b, d, c, args.device], True)
+                    for lib in libs
+                }
             name = _case_name(loss, b, d, c)
+            failed = {lib: isinstance(m, dict) for lib, m in mem.items()}  # {"error": ...}
+            if "error" in res or any(failed.values()):
+                # out of memory on one side: record it as a cell, keep what was measured
+                times = res.get("time", {})
+                t_cells = [_secs(times[k]) if k in times else res.get("error", "-") for k in libs]
+                m_cells = [mem[k]["error"] if failed[k] else _mib(mem[k]) for k in libs]
+                for what, cells in (("fwd+bwd time", t_cells), ("peak memory", m_cells)):
+                    peer_cell = cells[1] if has_peer else "-"
+                    print(f"| {what}, {name} | {cells[0]} | {peer_cell} | - | |", flush=True)
+                continue
             ours_t, ours_l = res["time"]["metricface"], res["loss"]["metricface"]
             if has_peer:
                 peer_t, peer_l = res["time"]["pml"], res["loss"]["pml"]

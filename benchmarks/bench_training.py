@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from metricface.backbones import build_backbone
 from metricface.data import IdentityFolder, SyntheticFaces, train_transform
@@ -146,17 +146,21 @@ def run(args: argparse.Namespace, root: Path) -> list[Result]:
         raise ValueError(f"transform gave {tuple(shape)}, expected size {args.image_size}")
     if len(dataset) < args.batch_size:
         raise ValueError(f"{len(dataset)} images are fewer than one batch ({args.batch_size})")
+    depth = 2 * args.workers  # batches the loader prefetches (prefetch_factor 2)
+    # One loader "epoch" spans a whole timed window: a small synthetic tree (2,048 images are
+    # 8 batches of 256) would otherwise restart the workers' queue every few steps, a stall a
+    # real training set of millions of images does not have.
+    sampler = RandomSampler(dataset, num_samples=args.batch_size * (args.steps + depth + 1))
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
     trainer = Trainer(args, dataset.num_classes, device)
-    depth = 2 * args.workers  # batches the loader prefetches (prefetch_factor 2)
 
     fixed = next(iter(loader))
     fixed = (fixed[0].to(device), fixed[1].to(device))

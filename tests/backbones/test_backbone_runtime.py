@@ -97,3 +97,30 @@ def test_onnx_export_runs_and_matches(tmp_path):
     (out,) = ReferenceEvaluator(proto).run(None, {"images": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "build", [_tiny, lambda: B.resnet18(embedding_dim=16, small_input=True).eval()]
+)
+def test_torchvision_feature_extractor_traces_face_backbones(build):
+    # torch.fx tracing (torchvision's create_feature_extractor) works for torchvision's ResNets;
+    # the face options must not break it. Reference: forward hooks on the eager model.
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = build()
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    hook = model.layer3.register_forward_hook(lambda mod, inp, out: seen.update(l3=out))
+    with torch.no_grad():
+        expected = model(x)
+    hook.remove()
+    extractor = create_feature_extractor(
+        model,
+        {"layer3": "l3", "fc": "emb"}
+        if isinstance(model, B.ResNet)
+        else {"layer3": "l3", "features": "emb"},
+    )
+    with torch.no_grad():
+        out = extractor(x)
+    torch.testing.assert_close(out["l3"], seen["l3"])
+    torch.testing.assert_close(out["emb"], expected)

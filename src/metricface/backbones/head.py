@@ -113,19 +113,29 @@ class EmbeddingHead(nn.Module):
         self.l2 = L2Norm() if normalize else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4:
-            x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"EmbeddingHead expects features of shape (B, {self.in_features}) or "
-                f"(B, {self.in_features}, H, W), got {tuple(x.shape)}"
-            )
-        x = self.fc(self.dropout(x))
+        x = self.fc(self.dropout(_pooled_features(x, self.in_features)))
         if self.bn is not None:
             x = self.bn(x)
         if self.l2 is not None:
             x = self.l2(x)
         return x
+
+
+@torch.fx.wrap
+def _pooled_features(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """``(B, C)`` or ``(B, C, H, W)`` features as ``(B, C)``: pool maps, check ``C``.
+
+    Wrapped for ``torch.fx``, so symbolic tracing (e.g. torchvision's
+    ``create_feature_extractor``) records one call instead of branching on symbolic shapes.
+    """
+    if x.ndim == 4:
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    if x.ndim != 2 or x.shape[1] != in_features:
+        raise ValueError(
+            f"EmbeddingHead expects features of shape (B, {in_features}) or "
+            f"(B, {in_features}, H, W), got {tuple(x.shape)}"
+        )
+    return x
 
 
 class EmbeddingModel(nn.Module):

@@ -56,6 +56,23 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+@torch.fx.wrap
+def _check_input_size(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Return ``x`` after checking that its last two dimensions are ``size``.
+
+    Skipped under ``torch.jit.trace`` (e.g. the TorchScript ONNX exporter), where shapes are
+    symbolic; wrapped for ``torch.fx``, so symbolic tracing (e.g. torchvision's
+    ``create_feature_extractor``) records the check as one call and the traced module still
+    runs it.
+    """
+    if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != size:
+        raise ValueError(
+            f"this IResNet is built for inputs of size {size} (input_size=), "
+            f"got {tuple(x.shape[-2:])}"
+        )
+    return x
+
+
 class IResNet(nn.Module):
     """Face ResNet of :class:`~metricface.backbones.IRBlock` stages with the "E" head.
 
@@ -141,13 +158,7 @@ class IResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Run the trunk: ``(B, C, *input_size) -> (B, 512 * width, *feature_map_size)``."""
-        # (skipped while tracing, e.g. for ONNX export, where shapes are symbolic)
-        if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"this IResNet is built for inputs of size {self.input_size} (input_size=), "
-                f"got {tuple(x.shape[-2:])}"
-            )
-        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.prelu(self.bn1(self.conv1(_check_input_size(x, self.input_size))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
