@@ -112,3 +112,24 @@ print(message(embed, torch.nn.Identity(), [(x, torch.arange(12))], progress=True
     assert "pip install 'metricface[plot]'" in roc
     assert "pip install scikit-learn" in tsne and "t-SNE" in tsne
     assert "pip install 'metricface[progress]'" in progress
+
+
+def test_import_is_light_and_subpackages_load_on_access():
+    """Computing metrics or losses does not pay for torchvision (about 1.5 s: it imports
+    torch._dynamo); only the data transforms need it. ``metricface.<sub>`` still works after a
+    bare ``import metricface``."""
+    code = (
+        "import sys, metricface, metricface.metrics, metricface.losses, metricface.miners, "
+        "metricface.checkpoint; "
+        "print('torchvision' in sys.modules); "
+        "import metricface as m; "
+        "print(m.plots.__name__, m.data.SyntheticFaces.__name__, 'torchvision' in sys.modules); "
+        "print(sorted(set(m.__all__) - set(dir(m))))"
+    )
+    out = _run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "False",
+        "metricface.plots SyntheticFaces True",
+        "[]",
+    ]
