@@ -86,3 +86,35 @@ def test_api_reference_pages_are_in_the_toctree():
     for rst in DOCS_API.glob("*.rst"):
         if rst.stem != "index":
             assert re.search(rf"^\s+{rst.stem}\s*$", index, re.M), f"{rst.name} not in api/index"
+
+
+def _documented_docstrings():
+    """(where, docstring) of every public module, public name and its methods."""
+    for info in pkgutil.walk_packages(metricface.__path__, "metricface."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        module = importlib.import_module(info.name)
+        yield info.name, module.__doc__ or ""
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):
+                continue
+            yield f"{info.name}.{name}", getattr(obj, "__doc__", None) or ""
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if not attr.startswith("_") and getattr(member, "__doc__", None):
+                        yield f"{info.name}.{name}.{attr}", member.__doc__
+
+
+def test_docstrings_do_not_send_readers_to_private_modules():
+    """The API reference renders no private module, so a docstring that points at one
+    (``see metricface.losses._x``) is a dead end for the reader."""
+    private = re.compile(r"metricface(?:\.\w+)*\._[a-z]\w*")
+    bad = {
+        where: private.findall(doc)
+        for where, doc in _documented_docstrings()
+        if private.search(doc)
+    }
+    # known and reported (the miners are being edited elsewhere); drop it with that fix
+    known = {"metricface.miners.base": ["metricface.miners._tuples"]}
+    assert bad == known
