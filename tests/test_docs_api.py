@@ -27,7 +27,11 @@ def _directives() -> tuple[set[str], set[str]]:
     for rst in DOCS_API.glob("*.rst"):
         text = rst.read_text()
         for match in re.finditer(r"^\.\. automodule:: (\S+)\n((?:   .*\n|\n)*)", text, re.M):
-            if ":no-members:" not in match.group(2):
+            listed = re.search(r":members:[ \t]*(\S.*)$", match.group(2), re.M)
+            if listed:  # an explicit list renders only the names it lists
+                names = (n.strip() for n in listed.group(1).split(","))
+                objects.update(f"{match.group(1)}.{n}" for n in names)
+            elif ":no-members:" not in match.group(2):
                 modules.add(match.group(1))
         for match in re.finditer(r"^\.\. auto(?:class|function|data):: (\S+)", text, re.M):
             objects.add(match.group(1))
@@ -79,6 +83,11 @@ def test_public_name_is_in_api_reference(package, name, obj):
     assert module_all is not None and name in module_all, (
         f"{home} must list {name!r} in __all__ so that autodoc renders it"
     )
+    if getattr(obj, "__module__", None) is None:  # data: autodoc skips it without a doc comment
+        from sphinx.pycode import ModuleAnalyzer
+
+        attr_docs = ModuleAnalyzer.for_module(home).find_attr_docs()
+        assert ("", name) in attr_docs, f"{home}.{name} needs a '#:' doc comment to be rendered"
 
 
 def test_api_reference_pages_are_in_the_toctree():
@@ -86,3 +95,35 @@ def test_api_reference_pages_are_in_the_toctree():
     for rst in DOCS_API.glob("*.rst"):
         if rst.stem != "index":
             assert re.search(rf"^\s+{rst.stem}\s*$", index, re.M), f"{rst.name} not in api/index"
+
+
+def _documented_docstrings():
+    """(where, docstring) of every public module, public name and its methods."""
+    for info in pkgutil.walk_packages(metricface.__path__, "metricface."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        module = importlib.import_module(info.name)
+        yield info.name, module.__doc__ or ""
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.ismodule(obj):
+                continue
+            yield f"{info.name}.{name}", getattr(obj, "__doc__", None) or ""
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if not attr.startswith("_") and getattr(member, "__doc__", None):
+                        yield f"{info.name}.{name}.{attr}", member.__doc__
+
+
+def test_docstrings_do_not_send_readers_to_private_modules():
+    """The API reference renders no private module, so a docstring that points at one
+    (``see metricface.losses._x``) is a dead end for the reader."""
+    private = re.compile(r"metricface(?:\.\w+)*\._[a-z]\w*")
+    bad = {
+        where: private.findall(doc)
+        for where, doc in _documented_docstrings()
+        if private.search(doc)
+    }
+    # known and reported (the miners are being edited elsewhere); drop it with that fix
+    known = {"metricface.miners.base": ["metricface.miners._tuples"]}
+    assert bad == known

@@ -117,3 +117,26 @@ def test_check_label_array_accepts_lists_arrays_tensors():
         check_label_array([[1, 2]])
     with pytest.raises(TypeError, match="labels must be a 1-D sequence"):
         check_label_array("abc")
+
+
+def test_as_tensor_accepts_read_only_arrays_without_warning():
+    """Read-only arrays are common inputs (``np.load(mmap_mode="r")``, pandas' copy-on-write
+    ``to_numpy()``, ``np.broadcast_to``): they convert silently, and writing to the result
+    cannot touch the caller's memory."""
+    import warnings
+
+    import numpy as np
+
+    from metricface._validation import as_tensor
+    from metricface.metrics import cmc_curve_from_scores
+
+    a = np.arange(6.0)
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = as_tensor(a, "x")
+        scores = np.broadcast_to(np.array([[0.9, 0.1]]), (2, 2))
+        cmc = cmc_curve_from_scores(scores, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    assert t.tolist() == a.tolist() and cmc.tolist() == [1.0, 1.0]
+    t += 1
+    assert a.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

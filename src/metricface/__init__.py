@@ -20,21 +20,46 @@ Modules: ``distances`` (pairwise distances), ``distributed`` (gathering across r
 ``checkpoint`` (atomic, safe checkpoints) and ``plots`` (needs the ``plot`` extra).
 """
 
-from metricface import (
-    backbones,
-    checkpoint,
-    data,
-    distances,
-    distributed,
-    inference,
-    losses,
-    metrics,
-    miners,
-    plots,
-    samplers,
-    search,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from metricface._version import __version__
+
+# Sub-packages load on first access (``metricface.losses`` after ``import metricface`` works as
+# usual): importing ``metricface.metrics`` alone then does not pay for torchvision, which only
+# the data transforms need and which takes longer to import than the whole library.
+_SUBMODULES = (
+    "backbones",
+    "checkpoint",
+    "data",
+    "distances",
+    "distributed",
+    "inference",
+    "losses",
+    "metrics",
+    "miners",
+    "plots",
+    "samplers",
+    "search",
+)
+
+if TYPE_CHECKING:
+    from metricface import (
+        backbones,
+        checkpoint,
+        data,
+        distances,
+        distributed,
+        inference,
+        losses,
+        metrics,
+        miners,
+        plots,
+        samplers,
+        search,
+    )
 
 __all__ = [
     "__version__",
@@ -51,3 +76,13 @@ __all__ = [
     "samplers",
     "search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also binds the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})

@@ -18,9 +18,12 @@ _EXTRAS = {
     "matplotlib.pyplot": "plot",
     "tqdm": "progress",
     "tqdm.auto": "progress",
-    "sklearn": "dev",
     "pytorch_metric_learning": "dev",
 }
+# top-level module -> distribution name, where ``pip install <module>`` would not work (the
+# library's scikit-learn features, t-SNE plots, are in no user-facing extra: ``dev`` would pull
+# the whole test and docs tool chain)
+_PIP_NAMES = {"sklearn": "scikit-learn"}
 
 
 def require(module: str, extra: str | None = None, purpose: str | None = None) -> ModuleType:
@@ -53,7 +56,11 @@ def require(module: str, extra: str | None = None, purpose: str | None = None) -
             raise  # the module exists but one of *its* dependencies is missing
         extra = extra or _EXTRAS.get(module) or _EXTRAS.get(top)
         why = f" to {purpose}" if purpose else ""
-        hint = f"pip install 'metricface[{extra}]'" if extra else f"pip install {top}"
+        hint = (
+            f"pip install 'metricface[{extra}]'"
+            if extra
+            else f"pip install {_PIP_NAMES.get(top, top)}"
+        )
         raise ImportError(
             f"metricface needs the optional package {top!r}{why}, which is not installed. "
             f"Install it with: {hint}"

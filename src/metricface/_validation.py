@@ -193,15 +193,19 @@ def check_label_array(labels: object, name: str = "labels") -> np.ndarray:
 def as_tensor(value: object, name: str) -> torch.Tensor:
     """Return ``value`` as a tensor: tensors pass through, NumPy arrays and sequences convert.
 
-    NumPy arrays share memory where torch can; anything else raises a ``TypeError`` naming
-    ``name``.
+    NumPy arrays share memory where torch can; read-only ones (memory maps, broadcasts,
+    pandas' copy-on-write arrays) are copied, as torch tensors cannot be read-only. Anything
+    else raises a ``TypeError`` naming ``name``.
     """
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
         if value.dtype == object or value.dtype.kind in "USV":
             raise TypeError(f"{name} must hold numbers, got a NumPy array of dtype {value.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(value))
+        array = np.ascontiguousarray(value)
+        if not array.flags.writeable:
+            array = array.copy()
+        return torch.from_numpy(array)
     if isinstance(value, (list, tuple)):
         try:
             return torch.as_tensor(np.asarray(value))

@@ -152,6 +152,16 @@ def _check_loadable(value: Any, where: str) -> None:
     )
 
 
+def _check_state_holders(method: str, **objects: Any) -> None:
+    """Raise a TypeError naming the first given object that lacks ``method`` (e.g. a list)."""
+    for name, obj in objects.items():
+        if obj is not None and not callable(getattr(obj, method, None)):
+            raise TypeError(
+                f"{name} must have a {method}() method, got {type(obj).__name__}; store "
+                f"further state in extra (e.g. extra={{'optimizer2': opt2.state_dict()}})"
+            )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -191,14 +201,21 @@ def save_checkpoint(
     Raises
     ------
     TypeError
-        If a stored value would be refused by ``torch.load(weights_only=True)``; nothing is
-        written then.
+        If a stored value would be refused by ``torch.load(weights_only=True)``, or ``model``
+        is not a module or ``optimizer``/``scheduler``/``scaler`` has no ``state_dict()``;
+        nothing is written then.
+    ValueError
+        If ``path`` is a directory or its directory does not exist, or ``epoch``/``step`` is
+        negative.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_state_holders("state_dict", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     check_scalar(epoch, "epoch", low=0, integer=True)
     check_scalar(step, "step", low=0, integer=True)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path must be a file, got the directory {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"path's directory must exist, got {str(path)!r}")
     payload: dict[str, Any] = {
@@ -280,12 +297,18 @@ def load_checkpoint(
 
     Raises
     ------
+    TypeError
+        If ``model`` is not a module or ``optimizer``/``scheduler``/``scaler`` has no
+        ``load_state_dict()``.
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
         If the file is truncated or corrupt, is not a metricface checkpoint, or holds objects
         that are not safe to load; the message names the file.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_state_holders("load_state_dict", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")

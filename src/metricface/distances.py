@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 Distance = Literal["euclidean", "cosine"]
+#: The accepted values of every ``distance=`` argument.
 DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
 
 

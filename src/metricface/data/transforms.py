@@ -30,11 +30,13 @@ __all__ = [
     "train_transform",
 ]
 
-#: Normalisation of the ArcFace/InsightFace recipes: pixels mapped to ``[-1, 1]``.
+#: Normalisation mean of the ArcFace/InsightFace recipes: pixels mapped to ``[-1, 1]``.
 FACE_MEAN = (0.5, 0.5, 0.5)
+#: Normalisation standard deviation of the ArcFace/InsightFace recipes.
 FACE_STD = (0.5, 0.5, 0.5)
-#: Normalisation expected by torchvision's ImageNet ResNets.
+#: Normalisation mean expected by torchvision's ImageNet ResNets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: Normalisation standard deviation expected by torchvision's ImageNet ResNets.
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 

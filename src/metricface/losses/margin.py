@@ -11,8 +11,8 @@ directions matter for the loss (rows are normalised); the scale matters for the 
 size of weight decay and of optimisers that are not scale-invariant.
 
 The forward runs in float32 (also under autocast, where only the matrix products use the
-autocast dtype) through a fused kernel (``metricface.losses._fused_margin``) that keeps a single
-``(B, C)`` buffer and never copies the weight. Non-finite embeddings are not rejected
+autocast dtype) through one fused autograd function that keeps a single ``(B, C)`` buffer and
+never copies the weight. Non-finite embeddings are not rejected
 (mixed-precision training relies on a NaN loss to skip the step); they give a NaN loss.
 """
 

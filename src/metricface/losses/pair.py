@@ -33,7 +33,7 @@ class ContrastiveLoss(TupleLoss):
     For ``distance="cosine"`` (similarity :math:`s`):
     :math:`\ell_+ = [m_+ - s]_+`, :math:`\ell_- = [s - m_-]_+`.
     The loss is ``mean(nonzero l+) + mean(nonzero l-)``; a group without a non-zero term adds 0
-    (a zero with a graph, see :mod:`metricface.losses._tuple_loss`).
+    (a zero that keeps the autograd graph and back-propagates zero gradients).
 
     Parameters
     ----------

@@ -213,7 +213,7 @@ class ScoreHistogram:
         """TAR@FAR over the bin-edge operating points.
 
         A lower bound of the exact TAR@FAR (fewer thresholds to choose from), attained exactly
-        by accepting ``score >= `` the returned bin-edge threshold.
+        by accepting ``score >= threshold`` with the returned bin-edge threshold.
         Arguments and returns as :func:`tar_at_far`.
         """
         targets, scalar = check_far_targets(far)
