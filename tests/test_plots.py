@@ -128,3 +128,15 @@ def test_missing_matplotlib_names_the_extra(scores, monkeypatch):
     y, s = scores
     with pytest.raises(ImportError, match=r"to plot a ROC curve.*pip install 'metricface\[plot\]'"):
         plot_roc(y, s)
+
+
+def test_missing_matplotlib_is_reported_before_the_embedding_projection(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    called = []
+    monkeypatch.setattr(torch, "pca_lowrank", lambda *a, **k: called.append(1))
+    emb = torch.randn(10, 4)
+    with pytest.raises(ImportError, match=r"plot embeddings.*metricface\[plot\]"):
+        plot_embeddings(emb, torch.arange(10) % 3, method="pca")
+    assert not called  # the projection never ran

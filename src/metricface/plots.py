@@ -250,6 +250,8 @@ def plot_embeddings(
         raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}")
     if embeddings.shape[0] < 3:
         raise ValueError(f"embeddings must hold at least 3 points, got {embeddings.shape[0]}")
+    if ax is None:  # before the projection, which can take minutes
+        require("matplotlib.pyplot", purpose="plot embeddings")
     x = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=1)
     if method == "auto":
         try:
