@@ -124,6 +124,4 @@ def test_docstrings_do_not_send_readers_to_private_modules():
         for where, doc in _documented_docstrings()
         if private.search(doc)
     }
-    # known and reported (the miners are being edited elsewhere); drop it with that fix
-    known = {"metricface.miners.base": ["metricface.miners._tuples"]}
-    assert bad == known
+    assert bad == {}

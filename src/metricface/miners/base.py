@@ -1,8 +1,8 @@
 """The common call protocol of every miner, and the chunked triplet enumeration they share.
 
 A miner is called as ``miner(embeddings, labels, ref_emb=None, ref_labels=None)`` and returns
-LongTensor index tuples in pytorch-metric-learning's format (see
-:mod:`metricface.miners._tuples`). Mining never builds a ``B x B x B`` tensor: candidate
+LongTensor index tuples in pytorch-metric-learning's format: ``(anchors, positives,
+negatives)`` for triplet miners, ``(a1, positives, a2, negatives)`` for pair miners. Mining never builds a ``B x B x B`` tensor: candidate
 triplets are scored one chunk of positive pairs at a time against the ``(B, R)`` distance
 matrix, so the working memory is O(B * R) plus the mined output itself.
 
