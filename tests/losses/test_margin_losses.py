@@ -520,6 +520,8 @@ def test_accuracy_and_logits_validate_too():
         (lambda: ArcFaceLoss(C, 2.5), "embedding_dim must be an int"),
         (lambda: ArcFaceLoss(C, D, scale=-1.0), "scale must be in"),
         (lambda: ArcFaceLoss(C, D, margin=3.0), "margin must be in"),
+        (lambda: ArcFaceLoss(C, D, margin=28.6), r"in radians.*math\.radians\(28\.6\) = 0\.4992"),
+        (lambda: CombinedMarginLoss(C, D, m2=28.6), r"m2 must be in.*radians"),
         (lambda: SubCenterArcFaceLoss(C, D, sub_centers=0), "sub_centers must be in"),
         (lambda: AdaFaceLoss(C, D, momentum=0.0), "momentum must be in"),
         (lambda: CosFaceLoss(C, D, reduction="avg"), "reduction must be"),

@@ -58,6 +58,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_angle(value: object, name: str, high: float, high_inclusive: bool = True) -> None:
+    """:func:`check_scalar` for an angle in radians, hinting at degrees when it looks like one."""
+    try:
+        check_scalar(value, name, low=0.0, high=high, high_inclusive=high_inclusive)
+    except ValueError as err:
+        if isinstance(value, (int, float)) and high < value <= 180.0:
+            raise ValueError(
+                f"{err}: angles are in radians (pytorch-metric-learning takes degrees; "
+                f"use math.radians({value!r}) = {math.radians(value):.4f})"
+            ) from None
+        raise
+
+
 def _clamp_cos(cos: Tensor) -> Tensor:
     """``cos`` in the compute dtype, clamped to [-1, 1] with an identity gradient.
 
@@ -170,7 +183,7 @@ class ArcFaceMargin(Margin):
     _params = ("margin", "easy_margin")
 
     def __init__(self, margin: float = 0.5, easy_margin: bool = False) -> None:
-        check_scalar(margin, "margin", low=0.0, high=math.pi / 2)
+        _check_angle(margin, "margin", math.pi / 2)
         if not isinstance(easy_margin, bool):
             raise TypeError(f"easy_margin must be a bool, got {type(easy_margin).__name__}")
         self.margin = float(margin)
@@ -240,7 +253,7 @@ class CombinedMargin(Margin):
 
     def __init__(self, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
         check_scalar(m1, "m1", low=0.0, low_inclusive=False)
-        check_scalar(m2, "m2", low=0.0, high=math.pi, high_inclusive=False)
+        _check_angle(m2, "m2", math.pi, high_inclusive=False)
         check_scalar(m3, "m3", low=0.0)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
@@ -290,7 +303,7 @@ class AdaFaceMargin(Margin):
     norm_max = 100.0
 
     def __init__(self, margin: float = 0.4, h: float = 0.333, eps: float = 1e-3) -> None:
-        check_scalar(margin, "margin", low=0.0, high=math.pi / 2)
+        _check_angle(margin, "margin", math.pi / 2)
         check_scalar(h, "h", low=0.0, low_inclusive=False)
         check_scalar(eps, "eps", low=0.0, high=0.1, low_inclusive=False)
         self.margin, self.h, self.eps = float(margin), float(h), float(eps)
