@@ -67,6 +67,27 @@ def test_unknown_distance_is_a_clear_error():
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize(
+    ("x", "y", "error", "match"),
+    [
+        (
+            torch.randn(3, 4).numpy(),
+            None,
+            TypeError,
+            "x must be a floating-point torch.Tensor, got",
+        ),
+        (torch.arange(6).view(2, 3), None, TypeError, "x must be .* got torch.int64"),
+        (torch.randn(4), None, ValueError, r"x must have shape \(rows, dim\), got shape \(4,\)"),
+        (torch.randn(2, 4), torch.randn(3, 5), ValueError, "same dim, got 4 and 5"),
+        (torch.randn(2, 4), torch.randn(3, 4, device="meta"), ValueError, "y must be on the same"),
+    ],
+)
+def test_bad_inputs_are_named(distance, x, y, error, match):
+    with pytest.raises(error, match=match):
+        pairwise_matrix(x, y, distance=distance)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("other", [torch.float16, torch.float32])
 def test_mixed_float64_and_lower_precision_inputs_compute_in_float64(distance, other):
     # e.g. a float64 memory bank as ref_emb for float32 embeddings

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from metricface._validation import check_same_device
+
 __all__ = [
     "DISTANCES",
     "cosine_similarity_matrix",
@@ -40,6 +42,24 @@ DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
 def _working(x: torch.Tensor) -> torch.Tensor:
     """Upcast half precision to float32 (the computation dtype for distances)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _check_rows(t: object, name: str) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (rows, dim), got shape {tuple(t.shape)}")
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Check that ``x`` (and ``y`` when given) are 2-D floating tensors of one width and device."""
+    _check_rows(x, "x")
+    if y is not None:
+        _check_rows(y, "y")
+        if y.shape[1] != x.shape[1]:
+            raise ValueError(f"x and y must have the same dim, got {x.shape[1]} and {y.shape[1]}")
+        check_same_device(y, "y", x, "x")
 
 
 def _common_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +92,7 @@ def euclidean_distance_matrix(
     torch.Tensor
         Shape ``(B, R)``, float32 or float64.
     """
+    _check_inputs(x, y)
     if y is not None:
         x, y = _common_dtype(x, y)
     xw = l2_normalize(x) if normalize else _working(x)
@@ -90,6 +111,7 @@ def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> 
     torch.Tensor
         Shape ``(B, R)``, float32 or float64, values in ``[-1, 1]``.
     """
+    _check_inputs(x, y)
     if y is not None:
         x, y = _common_dtype(x, y)
     xn = l2_normalize(x)
