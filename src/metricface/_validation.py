@@ -132,7 +132,7 @@ def check_reference_set(
     """Check an optional reference set ``(ref_emb, ref_labels)`` against checked ``embeddings``.
 
     ``ref_labels`` without ``ref_emb`` is an error; ``ref_emb`` must be a ``(R, D)`` floating
-    tensor with the ``D`` of ``embeddings``; ``ref_labels``, when given, ``R`` integer labels.
+    tensor with the ``D`` and the device of ``embeddings``; ``ref_labels``, when given, ``R`` integer labels.
     Whether ``ref_labels`` is required with ``ref_emb`` is the caller's decision.
 
     Returns
@@ -145,6 +145,7 @@ def check_reference_set(
             raise ValueError("ref_labels was given without ref_emb; pass both or neither")
         return None
     check_embeddings(ref_emb, "ref_emb")
+    check_same_device(ref_emb, "ref_emb", embeddings, "embeddings")
     if ref_emb.shape[1] != embeddings.shape[1]:
         raise ValueError(
             f"ref_emb must have the embedding dimension of embeddings "

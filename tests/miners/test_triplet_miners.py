@@ -120,3 +120,5 @@ def test_input_errors():
         TripletMarginMiner()(x, y, ref_emb=x)
     with pytest.raises(ValueError, match="embeddings must have shape"):
         TripletMarginMiner()(x[0], y)
+    with pytest.raises(ValueError, match="ref_emb must be on the same device as embeddings"):
+        TripletMarginMiner()(x, y, ref_emb=x.to("meta"), ref_labels=y)

@@ -26,7 +26,6 @@ from metricface._validation import (
     check_embeddings,
     check_labels,
     check_reference_set,
-    check_same_device,
 )
 from metricface.distances import check_distance, pairwise_matrix
 from metricface.miners._tuples import check_indices_tuple, label_masks
@@ -69,8 +68,6 @@ class TupleLoss(nn.Module):
             check_labels(labels, n_query)
             labels = labels.to(embeddings.device)
         ref_labels = check_reference_set(embeddings, ref_emb, ref_labels)
-        if ref_emb is not None:
-            check_same_device(ref_emb, "ref_emb", embeddings, "embeddings")
         n_ref = n_query if ref_emb is None else ref_emb.shape[0]
         if indices_tuple is None:
             if labels is None:

@@ -141,7 +141,11 @@ class ContrastiveLoss(TupleLoss):
         target = target.to(x1.device)
         genuine, impostor = target == 1, target == -1
         if not bool((genuine | impostor).all()):
-            raise ValueError("target must contain only 1 (genuine) and -1 (impostor) values")
+            other = target[~(genuine | impostor)].unique()[:5].tolist()
+            raise ValueError(
+                f"target must contain only 1 (genuine) and -1 (impostor) values, got {other}"
+                " among them (for 0/1 labels such as PairSampler's `same`, pass 2 * same - 1)"
+            )
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         u, v = l2_normalize(x1), l2_normalize(x2)
