@@ -294,3 +294,12 @@ def test_two_gloo_ranks_get_disjoint_batches_of_equal_count():
     assert not {tuple(b) for b in mine[0]} & {tuple(b) for b in mine[1]}
     # ... that together visit every image
     assert {i for b in mine[0] + mine[1] for i in b} == set(range(len(LABELS_DDP)))
+
+
+def test_repr_shows_the_configuration_and_this_ranks_share():
+    s = IdentityBatchSampler(np.arange(40) % 10, 4, 2, num_replicas=2, rank=1, seed=3)
+    s.set_epoch(5)
+    assert repr(s) == (
+        "IdentityBatchSampler(identities_per_batch=4, images_per_identity=2, identities=10, "
+        f"batches={len(s)}, rank=1/2, drop_last=False, seed=3, epoch=5)"
+    )

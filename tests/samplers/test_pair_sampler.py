@@ -165,3 +165,10 @@ def test_pair_dataset_catches_labels_that_do_not_match_the_dataset():
         dataset[3]
     with pytest.raises(TypeError, match="dataset must support indexing"):
         PairDataset(42)
+
+
+def test_repr_shows_the_configuration():
+    s = PairSampler(np.arange(40) % 10, num_pairs=100, pos_prob=0.25, num_replicas=2, rank=0)
+    assert repr(s) == (
+        "PairSampler(pairs=50, pos_prob=0.25, rank=0/2, drop_last=False, seed=0, epoch=0)"
+    )

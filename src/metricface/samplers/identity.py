@@ -187,6 +187,14 @@ class IdentityBatchSampler(Sampler[list[int]]):
         """Number of batches this rank yields per epoch (the same on every rank)."""
         return self._per_rank
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(identities_per_batch={self.identities_per_batch}, "
+            f"images_per_identity={self.images_per_identity}, identities={self.identities.size}, "
+            f"batches={len(self)}, rank={self.rank}/{self.num_replicas}, "
+            f"drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch})"
+        )
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.epoch_batches():
             yield batch.tolist()

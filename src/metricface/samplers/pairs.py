@@ -115,6 +115,13 @@ class PairSampler(Sampler[tuple[int, int, int]]):
         """Pairs this rank yields per epoch (the same on every rank)."""
         return self._per_rank
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(pairs={len(self)}, pos_prob={self.pos_prob}, "
+            f"rank={self.rank}/{self.num_replicas}, drop_last={self.drop_last}, "
+            f"seed={self.seed}, epoch={self.epoch})"
+        )
+
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for i, j, same in self.epoch_pairs():
             yield int(i), int(j), int(same)
