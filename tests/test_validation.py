@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -140,3 +141,25 @@ def test_as_tensor_accepts_read_only_arrays_without_warning():
     assert t.tolist() == a.tolist() and cmc.tolist() == [1.0, 1.0]
     t += 1
     assert a.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+class _ArrayLike:
+    """Stands in for a pandas Series: no list, no ndarray, but an ``__array__`` method."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
+def test_metrics_take_array_likes_such_as_a_pandas_series():
+    from sklearn.metrics import roc_auc_score
+
+    from metricface.metrics import equal_error_rate, roc_auc
+
+    y, s = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.2, 0.9]
+    assert roc_auc(_ArrayLike(y), _ArrayLike(s)) == pytest.approx(roc_auc_score(y, s))
+    assert equal_error_rate(_ArrayLike(y), _ArrayLike(s)) == equal_error_rate(y, s)
+    with pytest.raises(TypeError, match="y_score must hold real numbers"):
+        roc_auc(y, _ArrayLike(["a"] * 6))

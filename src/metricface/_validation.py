@@ -192,7 +192,8 @@ def check_label_array(labels: object, name: str = "labels") -> np.ndarray:
 
 
 def as_tensor(value: object, name: str) -> torch.Tensor:
-    """Return ``value`` as a tensor: tensors pass through, NumPy arrays and sequences convert.
+    """Return ``value`` as a tensor: tensors pass through; NumPy arrays, sequences and objects
+    with an ``__array__`` method (a pandas Series) convert.
 
     NumPy arrays share memory where torch can; read-only ones (memory maps, broadcasts,
     pandas' copy-on-write arrays) are copied, as torch tensors cannot be read-only. Anything
@@ -214,6 +215,8 @@ def as_tensor(value: object, name: str) -> torch.Tensor:
             raise TypeError(
                 f"{name} must be a numeric array, got an unconvertible sequence"
             ) from exc
+    if hasattr(value, "__array__"):  # pandas Series, xarray, ...: as scikit-learn takes them
+        return as_tensor(np.asarray(value), name)
     raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}")
 
 

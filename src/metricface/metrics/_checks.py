@@ -18,7 +18,8 @@ __all__ = ["check_binary_scores", "check_far_targets", "to_numpy"]
 
 
 def to_numpy(x: Any, name: str) -> np.ndarray:
-    """Convert a numpy array, torch tensor (any device), list or tuple to a 1-D numpy array.
+    """Convert a numpy array, torch tensor (any device), list, tuple or other array-like (an
+    object with ``__array__``, such as a pandas Series) to a 1-D numpy array.
 
     Raises
     ------
@@ -32,7 +33,7 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()
         arr = t.cpu().numpy()
-    elif isinstance(x, (np.ndarray, list, tuple)):
+    elif isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):  # pandas Series
         try:
             arr = np.asarray(x)
         except ValueError as exc:  # ragged nested lists
