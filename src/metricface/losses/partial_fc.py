@@ -342,7 +342,9 @@ class PartialFCLoss(nn.Module):
         """``{"weight": (C, D)}`` as a single-process :class:`PartialFCLoss` would save it.
 
         A collective (see :meth:`gather_weight`); ``None`` on ranks other than ``dst``. Save
-        it from one rank and load it with :meth:`load_full_state_dict` on any world size.
+        it from one rank and load it with :meth:`load_full_state_dict` on any world size. It
+        holds no optimizer state: to resume exactly, every rank also saves its own
+        ``state_dict()`` and optimizer (see the Partial FC guide).
         """
         full = self.gather_weight(dst=dst, device=device)
         return None if full is None else {"weight": full}
