@@ -52,10 +52,11 @@ def _local(t: torch.Tensor, rank: int) -> torch.Tensor:
     return t[start : start + SIZES[rank]]
 
 
-def _head(rate: float = RATE) -> PartialFCLoss:
+def _head(rate: float = RATE, chunk_size: int | None = None) -> PartialFCLoss:
     head = PartialFCLoss(
-        NUM_CLASSES, DIM, margin=arcface, scale=SCALE, sample_rate=rate, dtype=torch.float64
-    )
+        NUM_CLASSES, DIM, margin=arcface, scale=SCALE, sample_rate=rate, chunk_size=chunk_size,
+        dtype=torch.float64,
+    )  # fmt: skip
     head.load_full_weight(_full_weight())
     return head
 
@@ -69,27 +70,28 @@ def _sampling_worker(rank: int, world_size: int):
     loss = head(local_x, _local(y, rank))
     loss.backward()
     out["dense"] = (loss.detach(), local_x.grad, head.weight.grad)
-    # sample_rate < 1 with plain SGD: only the sampled rows move
-    torch.manual_seed(rank)
-    head = _head()
-    opt = torch.optim.SGD(head.parameters(), lr=0.5)
-    out["steps"] = []
-    for step in range(3):
-        x, y = _batch(step)
-        before = head.weight.detach().clone()
-        local_x = _local(x, rank).clone().requires_grad_(True)
-        opt.zero_grad()
-        loss = head(local_x, _local(y, rank))
-        loss.backward()
-        opt.step()
-        out["steps"].append(
-            {
-                "loss": loss.detach(),
-                "gx": local_x.grad,
-                "index": head.last_sampled + head.class_start,
-                "moved": (head.weight.detach() != before).any(dim=1).nonzero()[:, 0],
-            }
-        )
+    # sample_rate < 1 with plain SGD: only the sampled rows move; in one block or in chunks
+    for chunk in (None, 3):
+        torch.manual_seed(rank)
+        head = _head(chunk_size=chunk)
+        opt = torch.optim.SGD(head.parameters(), lr=0.5)
+        out[f"steps{chunk}"] = []
+        for step in range(3):
+            x, y = _batch(step)
+            before = head.weight.detach().clone()
+            local_x = _local(x, rank).clone().requires_grad_(True)
+            opt.zero_grad()
+            loss = head(local_x, _local(y, rank))
+            loss.backward()
+            opt.step()
+            out[f"steps{chunk}"].append(
+                {
+                    "loss": loss.detach(),
+                    "gx": local_x.grad,
+                    "index": head.last_sampled + head.class_start,
+                    "moved": (head.weight.detach() != before).any(dim=1).nonzero()[:, 0],
+                }
+            )
     return out
 
 
@@ -108,10 +110,15 @@ def test_three_ranks_sample_the_global_positives_and_update_only_sampled_rows():
         torch.testing.assert_close(gx, _local(ref_x.grad, rank))
         torch.testing.assert_close(gw, ref_w.grad[start:stop])
 
-    weight = w.clone()  # replay the sampled steps in one process
+    for steps in ("stepsNone", "steps3"):
+        _check_sampled_steps(results, steps)
+
+
+def _check_sampled_steps(results, steps: str) -> None:
+    weight = _full_weight()  # replay the sampled steps in one process
     for step in range(3):
         x, y = _batch(step)
-        indices = [out["steps"][step]["index"] for out in results]
+        indices = [out[steps][step]["index"] for out in results]
         for rank, index in enumerate(indices):
             start, stop = results[rank]["range"].tolist()
             positives = {c for c in y.tolist() if start <= c < stop}
@@ -126,13 +133,13 @@ def test_three_ranks_sample_the_global_positives_and_update_only_sampled_rows():
         with torch.no_grad():
             weight[index] -= 0.5 * sub.grad
         for rank, out in enumerate(results):
-            torch.testing.assert_close(out["steps"][step]["loss"], ref.detach())
-            torch.testing.assert_close(out["steps"][step]["gx"], _local(ref_x.grad, rank))
-            moved = out["steps"][step]["moved"] + out["range"][0]
+            torch.testing.assert_close(out[steps][step]["loss"], ref.detach())
+            torch.testing.assert_close(out[steps][step]["gx"], _local(ref_x.grad, rank))
+            moved = out[steps][step]["moved"] + out["range"][0]
             assert set(moved.tolist()) <= set(index.tolist())
     # the random negatives change from step to step
     for out in results:
-        assert len({tuple(s["index"].tolist()) for s in out["steps"]}) > 1
+        assert len({tuple(s["index"].tolist()) for s in out[steps]}) > 1
 
 
 def _backbone() -> torch.nn.Linear:
