@@ -390,3 +390,37 @@ def test_ddp_pair_loss_run_evaluates_and_saves_on_rank_zero_only(tmp_path):
     # i-th image of every rank's batch alike)
     states = [torch.load(record / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert not torch.equal(*states)
+
+
+_FAIL_ON_RANK_ONE = """
+import os, sys
+sys.path.insert(0, {examples!r})
+import train_vggface2 as ex
+
+forward, calls = ex.Objective.forward, []
+
+def failing(self, images, labels):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        raise RuntimeError("rank 1 fails at its second step")
+    return forward(self, images, labels)
+
+ex.Objective.forward = failing
+ex.main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_run_stops_when_one_rank_fails(tmp_path):
+    """The other rank, blocked in a collective, is stopped too instead of waiting forever."""
+    script = tmp_path / "fail_on_rank_one.py"
+    script.write_text(_FAIL_ON_RANK_ONE.format(examples=str(EXAMPLES)))
+    err = _run(
+        str(script),
+        *("--tiny", "--device", "cpu", "--no-progress", "--no-plots"),
+        *("--output", str(tmp_path / "run")),
+        nproc=2,
+        fails=True,
+    )
+    assert "rank 1 fails at its second step" in err
