@@ -300,7 +300,8 @@ class PartialFCLoss(nn.Module):
         Parameters
         ----------
         dst : int, optional
-            Rank (within the process group) that receives the result; ``None``: every rank.
+            Rank (within the process group, in ``[0, world_size)``) that receives the result;
+            ``None``: every rank.
         device : torch.device or str
             Where to put the full matrix (default CPU: 10M x 512 float32 is 20 GB).
 
@@ -310,6 +311,8 @@ class PartialFCLoss(nn.Module):
             Shape ``(num_classes, embedding_dim)``, detached; ``None`` on ranks other than
             ``dst``.
         """
+        if dst is not None:  # checked on every rank alike, so none waits in a broadcast
+            check_scalar(dst, "dst", low=0, high=self.world_size - 1, integer=True)
         weight = self.weight.detach()
         if self.process_group is None:
             return weight.to(device, copy=True)
