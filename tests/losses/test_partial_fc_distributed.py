@@ -199,6 +199,7 @@ def _resume_worker(rank: int, world_size: int, folder: str):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_documented_checkpoint_recipe_resumes_exactly(tmp_path):
     results = run_distributed(_resume_worker, world_size=WORLD, args=(str(tmp_path),))
     for out in results:
