@@ -151,7 +151,9 @@ def main(argv=None) -> dict:
             torch.cuda.set_device(local_rank)
     device = torch.device(args.device)
     main_proc = get_rank() == 0
-    torch.manual_seed(args.seed)
+    # one random stream per rank, so ranks do not flip and crop their i-th images alike;
+    # DDP starts every rank from rank 0's initial weights
+    torch.manual_seed(args.seed + rank)
     out = C.output_dir(args, "train_vggface2") if main_proc else None
 
     train_set, held, held_raw = C.build_datasets(args)

@@ -56,3 +56,34 @@ def test_all_gather_without_process_group_is_identity():
 def test_all_gather_rejects_non_tensor():
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
         all_gather_with_grad([1, 2])
+    with pytest.raises(ValueError, match="x must have a batch dimension"):
+        all_gather_with_grad(torch.tensor(1.0))
+
+
+def _mismatch_worker(rank: int, world_size: int):
+    messages = []
+    # another embedding size on rank 1; then another dtype (NCCL would hang or mix bytes)
+    for x in (
+        torch.zeros(2 + rank, 4 + 2 * rank),
+        torch.zeros(3, 4, dtype=(torch.float32, torch.float16)[rank]),
+    ):
+        try:
+            all_gather_with_grad(x)
+        except ValueError as exc:
+            messages.append(str(exc))
+    # the process group is still usable afterwards
+    full = all_gather_with_grad(torch.full((rank + 1, 2), float(rank)))
+    return {"messages": messages, "full": full}
+
+
+@pytest.mark.distributed
+def test_all_gather_names_a_shape_or_dtype_that_differs_between_ranks():
+    results = run_distributed(_mismatch_worker, world_size=2)
+    for out in results:  # every rank raises, none waits for the others
+        assert out["messages"] == [
+            "x must have the same dtype and shape after the batch dimension on every rank, "
+            "got float32 (B, 4) on rank 0 and float32 (B, 6) on rank 1",
+            "x must have the same dtype and shape after the batch dimension on every rank, "
+            "got float32 (B, 4) on rank 0 and float16 (B, 4) on rank 1",
+        ]
+        torch.testing.assert_close(out["full"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))

@@ -75,3 +75,43 @@ def test_wrapper_without_process_group_is_the_plain_loss():
         DistributedLossWrapper(lambda emb, labels: emb)
     with pytest.raises(ValueError, match="labels must have one entry per embedding"):
         wrapped(x, y[:3])
+
+
+def _low_precision_worker(rank: int, world_size: int):
+    x, y = _global_batch()
+    start = sum(SIZES[:rank])
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        local = x[start : start + SIZES[rank]].to(dtype).requires_grad_(True)
+        value = DistributedLossWrapper(TripletMarginLoss(margin=0.2), BatchHardMiner())(
+            local, y[start : start + SIZES[rank]]
+        )
+        (value / world_size).backward()
+        out[str(dtype)] = (value.detach(), local.grad)
+    # embeddings that need no gradient (e.g. a validation loss): the same value, no graph
+    value = DistributedLossWrapper(ContrastiveLoss())(
+        x[start : start + SIZES[rank]], y[start : start + SIZES[rank]]
+    )
+    out["no_grad"] = (value, torch.tensor(value.requires_grad))
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_wrapper_on_half_precision_and_gradient_free_embeddings():
+    results = run_distributed(_low_precision_worker, world_size=2)
+    x, y = _global_batch()
+    for dtype in (torch.float16, torch.bfloat16):
+        ref_x = x.to(dtype).requires_grad_(True)
+        expected = TripletMarginLoss(margin=0.2)(ref_x, y, BatchHardMiner()(ref_x, y))
+        expected.backward()
+        for rank, out in enumerate(results):
+            value, grad = out[str(dtype)]
+            start = sum(SIZES[:rank])
+            assert value.dtype == grad.dtype == dtype
+            torch.testing.assert_close(value, expected.detach())
+            torch.testing.assert_close(grad, ref_x.grad[start : start + SIZES[rank]])
+    for out in results:
+        value, requires_grad = out["no_grad"]
+        torch.testing.assert_close(value, ContrastiveLoss()(x, y))
+        assert not requires_grad

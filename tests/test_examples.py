@@ -341,3 +341,86 @@ def test_one_cycle_schedule_runs_for_any_number_of_steps(epochs, steps_per_epoch
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs) and max(lrs) > 0.05
+
+
+_RECORD_FIRST_STEP = """
+import os, sys
+import torch
+sys.path.insert(0, {examples!r})
+import train_vggface2 as ex
+
+forward = ex.Objective.forward
+
+def recording(self, images, labels):
+    path = os.path.join({folder!r}, "rank" + os.environ["RANK"] + ".pt")
+    if not os.path.exists(path):  # the random state the first batch was augmented with
+        torch.save(torch.get_rng_state(), path)
+    return forward(self, images, labels)
+
+ex.Objective.forward = recording
+ex.main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_pair_loss_run_evaluates_and_saves_on_rank_zero_only(tmp_path):
+    out, record = tmp_path / "run", tmp_path / "record"
+    record.mkdir()
+    script = tmp_path / "record_first_step.py"
+    script.write_text(_RECORD_FIRST_STEP.format(examples=str(EXAMPLES), folder=str(record)))
+    stdout = _run(
+        str(script),
+        *("--tiny", "--device", "cpu", "--no-progress", "--loss", "triplet"),
+        *("--miner", "semihard", "--output", str(out)),
+        nproc=2,
+    )
+    assert stdout.count("trained EER") == 1 and stdout.count("epoch   2") == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "embeddings.png",
+        "log.csv",
+        "report.txt",
+        "roc.png",
+    ]
+    assert len(_log_rows(out / "log.csv")) == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and len(ckpt["extra"]["rng_per_rank"]) == 2
+    # each rank draws its own random augmentations (a shared seed would flip and crop the
+    # i-th image of every rank's batch alike)
+    states = [torch.load(record / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert not torch.equal(*states)
+
+
+_FAIL_ON_RANK_ONE = """
+import os, sys
+sys.path.insert(0, {examples!r})
+import train_vggface2 as ex
+
+forward, calls = ex.Objective.forward, []
+
+def failing(self, images, labels):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        raise RuntimeError("rank 1 fails at its second step")
+    return forward(self, images, labels)
+
+ex.Objective.forward = failing
+ex.main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_run_stops_when_one_rank_fails(tmp_path):
+    """The other rank, blocked in a collective, is stopped too instead of waiting forever."""
+    script = tmp_path / "fail_on_rank_one.py"
+    script.write_text(_FAIL_ON_RANK_ONE.format(examples=str(EXAMPLES)))
+    err = _run(
+        str(script),
+        *("--tiny", "--device", "cpu", "--no-progress", "--no-plots"),
+        *("--output", str(tmp_path / "run")),
+        nproc=2,
+        fails=True,
+    )
+    assert "rank 1 fails at its second step" in err

@@ -422,3 +422,13 @@ def test_sharded_equals_single_process_dense():
         torch.testing.assert_close(out["t_loss"], t_loss)
         torch.testing.assert_close(out["t_gx"], t_gx[b0 : b0 + SIZES[rank]])
         assert torch.equal(out["t_full"], w[:1])
+
+
+def test_gather_rejects_a_destination_outside_the_ranks():
+    loss_fn = PartialFCLoss(12, 3, margin=arcface_safe)
+    for dst in (1, -1):  # silently returning None everywhere would drop the head from a save
+        with pytest.raises(ValueError, match=r"dst must be in \[0, 0\]"):
+            loss_fn.full_state_dict(dst=dst)
+    with pytest.raises(TypeError, match="dst must be an int"):
+        loss_fn.gather_weight(dst=0.0)
+    assert loss_fn.gather_weight(dst=0).shape == (12, 3)

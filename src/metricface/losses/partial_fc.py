@@ -300,7 +300,8 @@ class PartialFCLoss(nn.Module):
         Parameters
         ----------
         dst : int, optional
-            Rank (within the process group) that receives the result; ``None``: every rank.
+            Rank (within the process group, in ``[0, world_size)``) that receives the result;
+            ``None``: every rank.
         device : torch.device or str
             Where to put the full matrix (default CPU: 10M x 512 float32 is 20 GB).
 
@@ -310,6 +311,8 @@ class PartialFCLoss(nn.Module):
             Shape ``(num_classes, embedding_dim)``, detached; ``None`` on ranks other than
             ``dst``.
         """
+        if dst is not None:  # checked on every rank alike, so none waits in a broadcast
+            check_scalar(dst, "dst", low=0, high=self.world_size - 1, integer=True)
         weight = self.weight.detach()
         if self.process_group is None:
             return weight.to(device, copy=True)
@@ -342,7 +345,9 @@ class PartialFCLoss(nn.Module):
         """``{"weight": (C, D)}`` as a single-process :class:`PartialFCLoss` would save it.
 
         A collective (see :meth:`gather_weight`); ``None`` on ranks other than ``dst``. Save
-        it from one rank and load it with :meth:`load_full_state_dict` on any world size.
+        it from one rank and load it with :meth:`load_full_state_dict` on any world size. It
+        holds no optimizer state: to resume exactly, every rank also saves its own
+        ``state_dict()`` and optimizer (see the Partial FC guide).
         """
         full = self.gather_weight(dst=dst, device=device)
         return None if full is None else {"weight": full}
