@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2.functional import resize
 
 from metricface.backbones import available_backbones, build_backbone
-from metricface.checkpoint import get_rng_state, set_rng_state
+from metricface.checkpoint import get_rng_state, load_checkpoint, set_rng_state
 from metricface.data import IdentityFolder, SyntheticFaces, eval_transform, train_transform
 from metricface.inference import embed
 from metricface.metrics import verification_report
@@ -131,12 +131,27 @@ RESUME_KEYS = (
 )
 
 
-def check_resume_config(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
-    """Refuse to resume a checkpoint written with other :data:`RESUME_KEYS` settings."""
+def add_resume_args(g: Any) -> None:
+    """``--resume [PATH]`` and ``--stop-after-epoch N`` on an argument parser or group."""
+    g.add_argument(
+        "--resume", nargs="?", const="auto", help="checkpoint (default: <output>/checkpoint.pt)"
+    )
+    g.add_argument("--stop-after-epoch", type=int, help="exit after this epoch (tests resume)")
+
+
+def check_resume_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.resume == "auto" and not args.output:
+        p.error("--resume without a path needs --output (the run directory to continue)")
+
+
+def check_resume_config(
+    saved: dict[str, Any], args: argparse.Namespace, path: Path, keys: tuple[str, ...] = RESUME_KEYS
+) -> None:
+    """Refuse to resume a checkpoint written with other ``keys`` settings."""
     now = vars(args)
     diff = [
         f"--{k.replace('_', '-')}: {saved[k]} in the checkpoint, {now[k]} now"
-        for k in RESUME_KEYS
+        for k in keys
         if k in saved and saved[k] != now.get(k)
     ]
     if diff:
@@ -145,6 +160,24 @@ def check_resume_config(saved: dict[str, Any], args: argparse.Namespace, path: P
             + "\n  ".join(diff)
             + "\nrun with the checkpoint's settings, or start a new run in another --output"
         )
+
+
+def resume(
+    args: argparse.Namespace, keys: tuple[str, ...] = RESUME_KEYS, **restore: Any
+) -> dict[str, Any] | None:
+    """Load ``--resume``'s checkpoint into the objects in ``restore`` (``model=``, ...).
+
+    ``None`` without ``--resume``; an error naming each setting that differs from the
+    checkpoint's ``keys``, before anything is restored.
+    """
+    if not args.resume:
+        return None
+    path = Path(args.output) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
+    saved = load_checkpoint(path, restore_rng=False)["extra"].get("config", {})
+    check_resume_config(saved, args, path, keys)
+    ckpt = load_checkpoint(path, **restore)
+    ckpt["path"] = path
+    return ckpt
 
 
 def output_dir(args: argparse.Namespace, script: str) -> Path:

@@ -9,8 +9,9 @@ on the same images, the usual way to give a pair-trained network class structure
     python examples/train_pairs.py --arcface-weight 1.0  # contrastive + ArcFace
 
 Evaluation is verification on held-out identities, as in ``train_vggface2.py``: every epoch
-appends a row to ``log.csv``; the end writes ``report.txt``, ``roc.png`` and
-``embeddings.png`` (``--no-plots`` skips the plots) into ``--output``.
+appends a row to ``log.csv`` and atomically rewrites ``checkpoint.pt`` (``--output DIR
+--resume`` continues an interrupted run exactly); the end writes ``report.txt``, ``roc.png``
+and ``embeddings.png`` (``--no-plots`` skips the plots) into ``--output``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
+from metricface.checkpoint import save_checkpoint
 from metricface.losses import ArcFaceLoss, ContrastiveLoss
 from metricface.samplers import PairSampler
 
@@ -65,6 +68,10 @@ def one_cycle(opt, args: argparse.Namespace, steps_per_epoch: int):
     return torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=total, pct_start=pct)
 
 
+#: Settings a resumed run must share with its checkpoint, beyond the common ones.
+RESUME_KEYS = (*C.RESUME_KEYS, "pos_prob", "arcface_weight", "neg_margin")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_common_args(p, epochs=8, lr=0.05)
@@ -73,7 +80,9 @@ def main(argv=None) -> dict:
     p.add_argument("--neg-margin", type=float, default=1.0, help="contrastive negative margin")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--no-plots", action="store_true")
+    C.add_resume_args(p)
     args = C.parse_args(p, argv)
+    C.check_resume_args(p, args)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     out = C.output_dir(args, "train_pairs")
@@ -97,10 +106,18 @@ def main(argv=None) -> dict:
         num_workers=args.workers,
     )
     sched = one_cycle(opt, args, C.check_batches(loader, "pairs per epoch"))
-    log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"])
+    state = nn.ModuleDict({"backbone": model, "arcface": arcface})  # one module to checkpoint
+    ckpt = C.resume(
+        args, RESUME_KEYS, model=state, optimizer=opt, scheduler=sched, map_location=device
+    )
+    start_epoch = 0 if ckpt is None else ckpt["epoch"]
+    if ckpt is not None:
+        print(f"resumed from {ckpt['path']} at epoch {start_epoch}")
+    log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"], keep=start_epoch)
     baseline = C.raw_pixel_report(held_raw, size)
     print(f"raw-pixel baseline EER {baseline.eer:.4f}")
-    for epoch in range(args.epochs):
+    report = None
+    for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         model.train()
         total = 0.0
@@ -127,6 +144,20 @@ def main(argv=None) -> dict:
             f"epoch {epoch + 1}  loss {row['loss']:.4f}  held-out EER {report.eer:.4f}",
             flush=True,
         )
+        save_checkpoint(
+            out / "checkpoint.pt",
+            model=state,
+            optimizer=opt,
+            scheduler=sched,
+            epoch=epoch + 1,
+            step=(epoch + 1) * len(loader),
+            extra={"config": vars(args)},
+        )
+        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
+            print(f"stopping after epoch {epoch + 1} as asked (--stop-after-epoch)")
+            break
+    if report is None:  # a resumed run with no epoch left
+        report, emb, labels = C.evaluate(model, held, args, device)
     (out / "report.txt").write_text(str(report) + "\n")
     print(report)
     if not args.no_plots:

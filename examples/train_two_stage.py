@@ -8,8 +8,10 @@ distorted images of the same people (top-1 accuracy)::
 
     python examples/train_two_stage.py
 
-``--output`` receives ``log.csv`` (one row per epoch of either stage) and ``report.txt``
-(top-1 accuracy after each stage).
+``--output`` receives ``log.csv`` (one row per epoch of either stage), ``report.txt`` (top-1
+accuracy after each stage) and the model after each stage, ``stage1.pt`` (backbone and ArcFace
+head) and ``stage2.pt`` (backbone), written atomically by
+:func:`metricface.checkpoint.save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from train_pairs import make_optimizer, one_cycle, pair_indices
 
+from metricface.checkpoint import save_checkpoint
 from metricface.data import DISTORTIONS, SyntheticFaces, eval_transform, train_transform
 from metricface.inference import embed
 from metricface.losses import ArcFaceLoss, ContrastiveLoss
@@ -98,6 +102,14 @@ def main(argv=None) -> dict:
             total += loss.item()
         log.write({"stage": 1, "epoch": epoch + 1, "loss": total / len(loader)})
         print(f"stage 1 epoch {epoch + 1}: loss {total / len(loader):.3f}", flush=True)
+    stage1 = nn.ModuleDict({"backbone": model, "arcface": arcface})
+    save_checkpoint(
+        out / "stage1.pt",
+        model=stage1,
+        epoch=args.epochs,
+        step=args.epochs * len(loader),
+        extra={"config": vars(args)},
+    )
     top1_stage1 = gallery_top1(model, args, size, device)
     print(f"after stage 1 (ArcFace, clean): top-1 on distorted probes {top1_stage1:.4f}")
 
@@ -138,6 +150,14 @@ def main(argv=None) -> dict:
             total += loss.item()
         log.write({"stage": 2, "epoch": epoch + 1, "loss": total / len(loader)})
         print(f"stage 2 epoch {epoch + 1}: loss {total / len(loader):.3f}", flush=True)
+    stage2 = nn.ModuleDict({"backbone": model})
+    save_checkpoint(
+        out / "stage2.pt",
+        model=stage2,
+        epoch=args.stage2_epochs,
+        step=args.stage2_epochs * len(loader),
+        extra={"config": vars(args)},
+    )
     top1_stage2 = gallery_top1(model, args, size, device)
     summary = (
         f"top-1 on distorted probes, clean gallery ({args.eval_identities} held-out people)\n"

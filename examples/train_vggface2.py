@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 from metricface import losses, miners
-from metricface.checkpoint import load_checkpoint, save_checkpoint
+from metricface.checkpoint import save_checkpoint
 from metricface.distributed import get_rank
 from metricface.samplers import IdentityBatchSampler
 
@@ -95,14 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g = p.add_argument_group("run")
-    g.add_argument("--resume", nargs="?", const="auto", help="checkpoint (default: <output>)")
-    g.add_argument("--stop-after-epoch", type=int, help="exit after this epoch (tests resume)")
+    C.add_resume_args(g)
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     g.add_argument("--no-plots", action="store_true")
     args = C.parse_args(p, argv, P=8, K=4)
-    if args.resume == "auto" and not args.output:
-        p.error("--resume without a path needs --output (the run directory to continue)")
+    C.check_resume_args(p, args)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.margin is not None and args.loss == "normsoftmax":
@@ -205,20 +203,17 @@ def main(argv=None) -> dict:
         )
 
     start_epoch, step, history = 0, 0, []
-    ckpt_path = (Path(args.output) if args.output else Path(".")) / "checkpoint.pt"
-    if args.resume:
-        path = ckpt_path if args.resume == "auto" else Path(args.resume)
-        saved = load_checkpoint(path, restore_rng=False)["extra"].get("config", {})
-        C.check_resume_config(saved, args, path)
-        ckpt = load_checkpoint(
-            path,
-            model=objective,
-            optimizer=opt,
-            scheduler=sched,
-            scaler=scaler,
-            map_location=device,
-            restore_rng=not distributed,  # each rank restores its own state below
-        )
+    ckpt = C.resume(
+        args,
+        model=objective,
+        optimizer=opt,
+        scheduler=sched,
+        scaler=scaler,
+        map_location=device,
+        restore_rng=not distributed,  # each rank restores its own state below
+    )
+    if ckpt is not None:
+        path = ckpt["path"]
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         if distributed:
             C.restore_rank_rng(ckpt["extra"].get("rng_per_rank"), rank, world)

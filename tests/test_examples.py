@@ -211,6 +211,28 @@ def test_pairs_example_tiny_run_writes_log_report_and_plots(tmp_path):
 
 
 @pytest.mark.slow
+def test_pairs_example_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    common = ("--tiny", "--arcface-weight", "1", "--no-plots", "--no-progress")
+    _run("train_pairs.py", *common, "--output", str(tmp_path / "full"))
+    part = str(tmp_path / "part")
+    _run("train_pairs.py", *common, "--output", part, "--stop-after-epoch", "1")
+    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert "resumed from" in _run("train_pairs.py", *common, "--output", part, "--resume")
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    assert any(k.startswith("arcface.") for k in a["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _log_rows(tmp_path / "part" / "log.csv") == _log_rows(tmp_path / "full" / "log.csv")
+    refused = _run(
+        "train_pairs.py", *common, "--pos-prob", "0.3", "--output", part, "--resume", fails=True
+    )
+    assert "--pos-prob: 0.5 in the checkpoint, 0.3 now" in refused
+
+
+@pytest.mark.slow
 def test_two_stage_example_tiny_run_reports_both_stages(tmp_path):
     stdout = _run("train_two_stage.py", "--tiny", "--optimizer", "adamw", "--output", str(tmp_path))
     assert "after stage 1" in stdout and "after stage 2" in stdout
@@ -219,6 +241,10 @@ def test_two_stage_example_tiny_run_reports_both_stages(tmp_path):
     report = (tmp_path / "report.txt").read_text()
     accs = [float(line.split()[-1]) for line in report.splitlines() if line.startswith("after")]
     assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+    one, two = (torch.load(tmp_path / f"stage{i}.pt", weights_only=True) for i in (1, 2))
+    assert any(k.startswith("arcface.") for k in one["model"])
+    assert two["model"].keys() == {k for k in one["model"] if k.startswith("backbone.")}
+    assert any(not torch.equal(one["model"][k], v) for k, v in two["model"].items())
 
 
 @pytest.mark.slow
