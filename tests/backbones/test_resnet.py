@@ -30,7 +30,16 @@ def test_state_dict_keys_shapes_and_param_count_match_torchvision(name):
     ours.load_state_dict(ref.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        pytest.param("resnet101", marks=pytest.mark.slow),
+        pytest.param("resnet152", marks=pytest.mark.slow),
+    ],
+)
 def test_forward_equals_torchvision_with_loaded_weights(name):
     torch.manual_seed(1)
     ref = getattr(torchvision.models, name)(num_classes=10)
@@ -45,9 +54,11 @@ def test_forward_equals_torchvision_with_loaded_weights(name):
     ours.load_state_dict(ref.state_dict(), strict=True)
     ref.eval()
     ours.eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    # an even input and an odd one (every stride-2 stage rounds up: padding must match too)
+    for size in [(64, 64), (37, 45)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 def test_train_mode_forward_backward_match_torchvision():
@@ -84,8 +95,19 @@ def test_normalize_option_gives_unit_norm_embeddings():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
 
 
-def test_gradients_reach_every_parameter():
-    model = B.resnet18(embedding_dim=16, se_reduction=4, dropout=0.1)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: B.resnet18(embedding_dim=16, se_reduction=4, dropout=0.1),
+        lambda: B.ResNet(B.Bottleneck, [1, 2, 1, 1], embedding_dim=16, se_reduction=4),
+        lambda: B.ResNet(B.PreActBottleneck, [1, 1, 2, 1], num_classes=5, small_input=True),
+        lambda: B.ResNet(B.PreActBasicBlock, [2, 1, 1, 1], embedding_dim=8, normalize=True),
+    ],
+    ids=["resnet18-se", "bottleneck-se", "preact-bottleneck", "preact-basic-normalized"],
+)
+def test_gradients_reach_every_parameter(build):
+    torch.manual_seed(0)
+    model = build()
     model(torch.randn(4, 3, 32, 32)).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert missing == []
