@@ -1,4 +1,4 @@
-"""Every public name of metricface.backbones is documented in the API reference."""
+"""Every public name of metricface.backbones is documented; the guide's table is what profile() gives."""
 
 from __future__ import annotations
 

@@ -78,6 +78,7 @@ def test_torch_compile_matches_eager():
 @pytest.mark.slow  # the exporter traces with torch.export: ~15 s on one CPU core
 def test_onnx_export_runs_and_matches(tmp_path):
     onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")  # torch's dynamo exporter needs it beside onnx
     from onnx.reference import ReferenceEvaluator
 
     model = _tiny()
