@@ -13,6 +13,7 @@ from metricface.losses import (
     AdaFaceLoss,
     AdaFaceMargin,
     ArcFaceLoss,
+    ArcFaceMargin,
     CombinedMarginLoss,
     CosFaceLoss,
     CosFaceMargin,
@@ -431,6 +432,68 @@ def test_autocast_bf16_close_to_float32():
     assert g[0].dtype == emb.dtype and g[1].dtype == loss_fn.weight.dtype
     for a, b in zip(g, g_ref):
         assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def _half_vectors() -> torch.Tensor:
+    """The 16 vectors (+-1/2, +-1/2, +-1/2, +-1/2): unit norm, pairwise cosines in
+    {-1, -1/2, 0, 1/2, 1}, all exact in bfloat16 (so an autocast matmul loses nothing)."""
+    bits = (torch.arange(16)[:, None] >> torch.arange(4)) & 1
+    return 0.5 - bits.float()
+
+
+def _arcface_reference_per_sample(emb, weight, labels, sub_centers, m=0.5, s=64.0):
+    """Float64 ArcFace per-sample loss with the theta + m > pi fallback, from the paper."""
+    e, w = emb.detach().double(), weight.detach().double()
+    cos = (e / e.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
+    cos = cos.reshape(len(e), -1, sub_centers).amax(dim=2).clamp(-1, 1)
+    rows = torch.arange(len(e))
+    target = cos[rows, labels]
+    theta = torch.acos(target)
+    phi = torch.where(theta + m <= math.pi, torch.cos(theta + m), target - m * math.sin(m))
+    logits = s * cos
+    logits[rows, labels] = s * phi
+    return torch.logsumexp(logits, dim=1) - logits[rows, labels]
+
+
+@pytest.mark.parametrize("sub_centers", [1, 3])
+@pytest.mark.parametrize("mode", ["autocast-bf16", "bf16-module", "fp16-module"])
+def test_margin_and_softmax_run_in_float32(sub_centers, mode):
+    # cosines are exact in the low dtype, so the loss differs from the float64 truth only by the
+    # precision of the margin and softmax math (and of the final cast): a bfloat16 margin or
+    # log-sum-exp would be off by about 1e-3 here, far outside these tolerances
+    seen = []
+
+    def margin(c):
+        seen.append(c.dtype)
+        return ArcFaceMargin(0.5)(c)
+
+    g = torch.Generator().manual_seed(23)
+    vectors = _half_vectors()
+    loss_fn = MarginSoftmaxLoss(16, 4, margin, 64.0, sub_centers, reduction="none")
+    with torch.no_grad():  # one distinct vector per class, further sub-centers at random
+        loss_fn.weight.copy_(vectors[torch.randint(0, 16, (16 * sub_centers,), generator=g)])
+        loss_fn.weight[::sub_centers] = vectors[torch.randperm(16, generator=g)]
+    labels = torch.randint(0, 16, (64,), generator=g)
+    emb = vectors[torch.randint(0, 16, (64,), generator=g)]
+    emb[:16] = loss_fn.weight.detach()[labels[:16] * sub_centers]  # cos = 1 with the target
+    emb = emb * 3.0  # norm 1.5: still exact
+    ref = _arcface_reference_per_sample(emb, loss_fn.weight, labels, sub_centers)
+    assert ref.min() < 1e-3 and ref.max() > 50  # easy and hard samples (cos = -1 included)
+    if mode == "autocast-bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(emb, labels)
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    else:
+        dtype = torch.bfloat16 if mode == "bf16-module" else torch.float16
+        loss_fn = loss_fn.to(dtype)
+        loss = loss_fn(emb.to(dtype), labels)
+        assert loss.dtype == dtype
+        # beyond float32 (whose log-sum-exp minus target logit resolves about 1e-5 at s = 64)
+        # the only rounding is the final cast: half an ulp of the low dtype
+        rel = torch.finfo(dtype).eps / 2
+        torch.testing.assert_close(loss.double(), ref, rtol=rel, atol=1e-5)
+    assert seen == [torch.float32]
 
 
 def test_float16_embeddings_float32_weight():
