@@ -284,6 +284,27 @@ def test_margin_cross_entropy_float32_under_autocast():
     assert torch.isfinite(cos.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_margin_cross_entropy_margin_and_softmax_in_float32(dtype):
+    # cosines exact in the low dtype: beyond float32 the only rounding is the final cast, so a
+    # margin or log-sum-exp computed in the low dtype (about 1e-3 off here) cannot pass
+    seen = []
+
+    def margin(c):
+        seen.append(c.dtype)
+        return ArcFaceMargin(0.5)(c)
+
+    g = torch.Generator().manual_seed(8)
+    cos = (torch.randint(-2, 3, (32, 20), generator=g) / 2).to(dtype)  # -1, -1/2, 0, 1/2, 1
+    labels = torch.randint(0, 20, (32,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = margin_cross_entropy(cos, labels, margin, 64.0, reduction="none")
+    assert loss.dtype == dtype and seen == [torch.float32]
+    expected = ref_margin_ce(cos.double().numpy(), labels.numpy(), ref_arcface_05, 64.0)
+    eps = torch.finfo(dtype).eps
+    np.testing.assert_allclose(loss.double().numpy(), expected, rtol=eps / 2, atol=1e-5)
+
+
 def ref_arcface_05(c):
     return ref_arcface(c, 0.5)
 
