@@ -108,6 +108,44 @@ def test_finite_at_class_center_opposite_and_duplicates(name, dtype):
     _finite_losses_and_grads(loss_fn, torch.ones(4, D, dtype=dtype), torch.tensor([0, 1, 1, 2]))
 
 
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@given(
+    data=st.data(),
+    name=st.sampled_from(NAMES),
+    module_in_dtype=st.booleans(),
+    kinds=st.lists(st.sampled_from(["random", "center", "opposite", "repeat"]), min_size=1),
+)
+def test_finite_with_centers_opposites_and_duplicates_mixed(
+    dtype_name, data, name, module_in_dtype, kinds
+):
+    # any mix of rows equal to their class center (cos = 1), opposite to it (cos = -1) and
+    # repeats of an earlier row, at any finite scale; with a float32 module or one cast to the
+    # embeddings' dtype (a .half() head)
+    dtype = DTYPES[dtype_name]
+    loss_fn = _make(name, seed=data.draw(st.integers(0, 3)))
+    if module_in_dtype:
+        loss_fn = loss_fn.to(dtype)
+    kinds = kinds[:8]
+    emb = torch.zeros(len(kinds), D, dtype=dtype)
+    labels = torch.zeros(len(kinds), dtype=torch.long)
+    limit = float(torch.finfo(dtype).max)
+    centers = loss_fn.weight.detach().to(torch.float64)
+    for i, kind in enumerate(kinds):
+        labels[i] = data.draw(st.integers(0, C - 1))
+        if kind == "repeat" and i > 0:
+            j = data.draw(st.integers(0, i - 1))
+            emb[i], labels[i] = emb[j], labels[j]
+        elif kind in ("center", "opposite"):
+            scale = data.draw(st.floats(1e-30, limit / 100, allow_subnormal=False))
+            row = centers[labels[i] * loss_fn.sub_centers] * scale
+            emb[i] = (row if kind == "center" else -row).to(dtype)
+        else:
+            emb[i] = data.draw(batches(dtype_name))[0][0]
+    emb = torch.nan_to_num(emb)
+    loss = _finite_losses_and_grads(loss_fn, emb, labels)
+    assert loss.dtype == dtype
+
+
 @given(data=st.data(), name=st.sampled_from(NORM_INVARIANT), factor=st.floats(1e-3, 1e3))
 def test_invariant_to_embedding_norm(data, name, factor):
     emb, labels = data.draw(batches("float64"))
