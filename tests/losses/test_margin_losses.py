@@ -242,6 +242,29 @@ def test_adaface_training_uses_and_updates_running_stats():
     torch.testing.assert_close(clone.eval()(emb, labels), loss_fn(emb, labels))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adaface_training_loss_and_gradients_match_float64_reference(dtype):
+    # in training mode the margin uses this batch's (detached) norm statistics, blended into
+    # the running ones: loss and gradients against the paper's formula with those statistics
+    torch.manual_seed(24)
+    loss_fn = AdaFaceLoss(C, D, margin=0.4, momentum=0.5).to(dtype)
+    with torch.no_grad():
+        loss_fn.weight.normal_()
+    emb, labels = _inputs(dtype, seed=25)
+    norms = emb.detach().double().norm(dim=1).clamp(1e-3, 100)
+    mean, std = 0.5 * 20 + 0.5 * norms.mean(), 0.5 * 100 + 0.5 * norms.std()
+    loss = loss_fn(emb, labels)
+    g_emb, g_w = _grads(loss, emb, loss_fn.weight)
+    e64 = emb.detach().double().requires_grad_(True)
+    w64 = loss_fn.weight.detach().double().requires_grad_(True)
+    ref = reference_loss(e64, w64, labels, _adaface(0.4, 0.333, 1e-3, mean, std), 64.0)
+    r_emb, r_w = _grads(ref, e64, w64)
+    tol = {"rtol": 1e-11, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(loss.double(), ref, **tol)
+    torch.testing.assert_close(g_emb.double(), r_emb, **tol)
+    torch.testing.assert_close(g_w.double(), r_w, **tol)
+
+
 @pytest.mark.parametrize("sub_centers", [1, 2])
 def test_custom_margin_sees_cosines_clamped_to_one(sub_centers):
     # the product of two unit vectors rounds past 1 when an embedding equals its class center;
