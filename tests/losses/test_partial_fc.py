@@ -432,3 +432,41 @@ def test_gather_rejects_a_destination_outside_the_ranks():
     with pytest.raises(TypeError, match="dst must be an int"):
         loss_fn.gather_weight(dst=0.0)
     assert loss_fn.gather_weight(dst=0).shape == (12, 3)
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 8),
+    rate=st.sampled_from([1.0, 0.5]),
+    chunk_size=st.sampled_from([None, 3]),
+    factors=st.lists(st.floats(1e-3, 1e3), min_size=8, max_size=8),
+    data=st.data(),
+)
+def test_invariant_to_embedding_norm_and_batch_permutation(
+    seed, batch, rate, chunk_size, factors, data
+):
+    loss_fn = _module(c=13, d=5, sample_rate=rate, chunk_size=chunk_size)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 13, (batch,), generator=g)
+    perm = torch.tensor(data.draw(st.permutations(range(batch))), dtype=torch.long)
+    scale = torch.tensor(factors[:batch], dtype=torch.float64)[:, None]
+
+    def run(inputs, labels):
+        inputs = inputs.clone().requires_grad_(True)
+        loss_fn.weight.grad = None
+        torch.manual_seed(seed)  # the same negatives: sampling depends on the label set only
+        loss = loss_fn(inputs, labels)
+        loss.backward()
+        return loss.detach(), inputs.grad, loss_fn.weight.grad.clone(), loss_fn.last_sampled
+
+    loss, gx, gw, index = run(x, y)
+    for inputs, labels, back in ((x * scale, y, None), (x[perm], y[perm], perm)):
+        other, ogx, ogw, oindex = run(inputs, labels)
+        torch.testing.assert_close(other, loss)
+        torch.testing.assert_close(ogw, gw)
+        assert (index is None and oindex is None) or torch.equal(index, oindex)
+        if back is None:  # d loss / d (a x) = (d loss / d x) / a
+            torch.testing.assert_close(ogx * scale, gx)
+        else:
+            torch.testing.assert_close(ogx, gx[back])
