@@ -43,6 +43,25 @@ def test_cpu_bf16_autocast_forward_and_backward():
     assert (low - full).norm() / full.norm() < 0.05
 
 
+@pytest.mark.parametrize(
+    "build", [_tiny, lambda: B.resnet18(embedding_dim=16).eval()], ids=["iresnet", "resnet"]
+)
+def test_cpu_fp16_autocast_forward_and_backward(build):
+    model = build().train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        low = model(x).float()
+    with torch.no_grad():
+        full = model(x)
+    assert (low - full).norm() / full.norm() < 1e-2  # float16 keeps 3 more bits than bfloat16
+
+
 def test_autocast_with_normalize_keeps_unit_norm():
     model = B.iresnet18(embedding_dim=16, width=0.125, input_size=32, normalize=True).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
