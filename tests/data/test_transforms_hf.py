@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from metricface.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from metricface.data.hf import HFFaceDataset
@@ -151,3 +152,16 @@ def test_datasets_is_imported_only_when_a_dataset_is_loaded_by_name(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "datasets was imported"  # ... and only by the Hub path
+
+
+@pytest.mark.parametrize("size", [112, 224])
+def test_presets_for_112_and_224_crops(size):
+    for source in (size, 250, 96):  # already the size, larger, smaller
+        x = _img(source, seed=source)
+        resized = x if source == size else TF.resize(x, [size, size], antialias=True)
+        ref = (resized.double() / 255 - 0.5) / 0.5
+        torch.testing.assert_close(eval_transform(size)(x).double(), ref, atol=1e-6, rtol=0)
+        torch.manual_seed(source)
+        out = train_transform(size)(x)
+        assert out.shape == (3, size, size) and out.dtype == torch.float32
+        assert out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6
