@@ -450,3 +450,32 @@ def test_ddp_run_stops_when_one_rank_fails(tmp_path):
         fails=True,
     )
     assert "rank 1 fails at its second step" in err
+
+
+@pytest.mark.slow
+def test_tiny_run_outputs_agree_and_plots_are_images(full_run):
+    """The printed, logged and reported final EERs are one number, and the plots decode."""
+    from PIL import Image
+
+    out, stdout = full_run
+    last = _log_rows(out / "log.csv")[-1]
+    final = stdout.strip().splitlines()[-1]
+    assert final.startswith("raw-pixel EER ") and f"trained EER {float(last['eer']):.4f}" in final
+    report = (out / "report.txt").read_text()
+    eer_line = next(line for line in report.splitlines() if line.startswith("EER"))
+    assert float(eer_line.split()[1]) == pytest.approx(100 * float(last["eer"]), abs=5e-5)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["extra"]["history"][-1]["eer"] == pytest.approx(float(last["eer"]), abs=1e-12)
+    for name in ("roc.png", "embeddings.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and min(img.size) >= 200, name
+
+
+def test_readme_quick_start_runs_the_vggface2_example_on_its_defaults():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    command = quick.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    assert command.split(" && ")[-1] == "python examples/train_vggface2.py"
+    # its defaults: no --data, so the built-in synthetic faces, and the full (not tiny) run
+    args = _example("train_vggface2").parse_args([])
+    assert args.data is None and not args.tiny and not args.resume
