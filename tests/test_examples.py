@@ -479,3 +479,39 @@ def test_readme_quick_start_runs_the_vggface2_example_on_its_defaults():
     # its defaults: no --data, so the built-in synthetic faces, and the full (not tiny) run
     args = _example("train_vggface2").parse_args([])
     assert args.data is None and not args.tiny and not args.resume
+
+
+@pytest.mark.slow
+def test_tutorial_and_dataset_guide_use_only_flags_the_examples_have():
+    import re
+
+    options = set()
+    for script in ("train_vggface2.py", "train_pairs.py", "train_two_stage.py"):
+        options |= set(re.findall(r"--[a-z][a-z0-9-]*", _run(script, "--help")))
+    torchrun = {"--nproc-per-node", "--standalone"}
+    for doc in ("docs/tutorial.rst", "docs/datasets.rst", "README.md"):
+        used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text()))
+        assert used - torchrun <= options, (doc, sorted(used - torchrun - options))
+
+
+def test_tutorial_states_the_defaults_of_the_vggface2_example():
+    text = (ROOT / "docs" / "tutorial.rst").read_text()
+    args = _example("train_vggface2").parse_args([])
+    stated = {  # the tutorial's words -> the parsed default they describe
+        "identities ``0 .. 299``": args.identities == 300,
+        "identities ``300 .. 349``": args.eval_identities == 50,
+        "8 images each": args.eval_images == 8,
+        "``--batch-size 64``": args.batch_size == 64,
+        "(``iresnet18``, ``--width 0.25``, ``--embedding-dim 128``": (
+            args.backbone,
+            args.width,
+            args.embedding_dim,
+        )
+        == ("iresnet18", 0.25, 128),
+        "``--loss cosface``": args.loss == "cosface",
+        "learning rate 0.1 and weight decay 5e-4": (args.lr, args.weight_decay) == (0.1, 5e-4),
+        "SGD with momentum": args.optimizer == "sgd",
+    }
+    for words, holds in stated.items():
+        assert " ".join(words.split()) in " ".join(text.split()), words
+        assert holds, words
