@@ -515,3 +515,28 @@ def test_tutorial_states_the_defaults_of_the_vggface2_example():
     for words, holds in stated.items():
         assert " ".join(words.split()) in " ".join(text.split()), words
         assert holds, words
+
+
+class _WritesAFile:
+    """Unpickling this runs a shell command: only an unsafe ``torch.load`` would create it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_resume_loads_the_checkpoint_with_weights_only(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "code-was-run"
+    torch.save(
+        {"format": "metricface.checkpoint", "model": _WritesAFile(marker)}, out / "checkpoint.pt"
+    )
+    err = _run(
+        "train_vggface2.py", "--tiny", "--output", str(out), "--no-plots", "--resume", fails=True
+    )
+    assert "refusing to load" in err and "checkpoint.pt" in err
+    assert not marker.exists()
