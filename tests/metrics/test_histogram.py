@@ -304,3 +304,26 @@ def test_all_pairs_memory_is_bounded_by_the_block_not_the_pairs():
     with _LiveTensorBytes() as mem2:
         all_pairs_histogram(emb2, labels2, bins=bins, block_size=block)
     assert mem2.peak - mem.peak <= 2 * 4 * n * dim  # only the extra embeddings
+
+
+@given(
+    st.integers(2, 40),
+    st.integers(1, 4),
+    st.integers(1, 45),
+    st.sampled_from([4, 8, 13, 32]),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_all_pairs_of_integer_embeddings_equal_explicit_pairs(n, dim, block, bins, dtype, seed):
+    """Small integer embeddings: every dot product is exact and many lie on bin edges, so each
+    pair must land in exactly the bin ScoreHistogram gives its explicitly computed score."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randint(-2, 3, (n, dim), generator=g).to(dtype)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    rng = (-4.0 * dim, 4.0 * dim)
+    hist = all_pairs_histogram(emb, labels, bins, rng, block_size=block, normalize=False)
+    i, j = torch.triu_indices(n, n, 1)
+    scores = (emb[i].double() * emb[j].double()).sum(1).numpy()
+    ref = ScoreHistogram(bins, rng).update((labels[i] == labels[j]).numpy(), scores)
+    np.testing.assert_array_equal(hist.genuine, ref.genuine)
+    np.testing.assert_array_equal(hist.impostor, ref.impostor)
