@@ -450,3 +450,93 @@ def test_ddp_run_stops_when_one_rank_fails(tmp_path):
         fails=True,
     )
     assert "rank 1 fails at its second step" in err
+
+
+@pytest.mark.slow
+def test_tiny_run_outputs_agree_and_plots_are_images(full_run):
+    """The printed, logged and reported final EERs are one number, and the plots decode."""
+    from PIL import Image
+
+    out, stdout = full_run
+    last = _log_rows(out / "log.csv")[-1]
+    final = stdout.strip().splitlines()[-1]
+    assert final.startswith("raw-pixel EER ") and f"trained EER {float(last['eer']):.4f}" in final
+    report = (out / "report.txt").read_text()
+    eer_line = next(line for line in report.splitlines() if line.startswith("EER"))
+    assert float(eer_line.split()[1]) == pytest.approx(100 * float(last["eer"]), abs=5e-5)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["extra"]["history"][-1]["eer"] == pytest.approx(float(last["eer"]), abs=1e-12)
+    for name in ("roc.png", "embeddings.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and min(img.size) >= 200, name
+
+
+def test_readme_quick_start_runs_the_vggface2_example_on_its_defaults():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    command = quick.split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    assert command.split(" && ")[-1] == "python examples/train_vggface2.py"
+    # its defaults: no --data, so the built-in synthetic faces, and the full (not tiny) run
+    args = _example("train_vggface2").parse_args([])
+    assert args.data is None and not args.tiny and not args.resume
+
+
+@pytest.mark.slow
+def test_tutorial_and_dataset_guide_use_only_flags_the_examples_have():
+    import re
+
+    options = set()
+    for script in ("train_vggface2.py", "train_pairs.py", "train_two_stage.py"):
+        options |= set(re.findall(r"--[a-z][a-z0-9-]*", _run(script, "--help")))
+    torchrun = {"--nproc-per-node", "--standalone"}
+    for doc in ("docs/tutorial.rst", "docs/datasets.rst", "README.md"):
+        used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text()))
+        assert used - torchrun <= options, (doc, sorted(used - torchrun - options))
+
+
+def test_tutorial_states_the_defaults_of_the_vggface2_example():
+    text = (ROOT / "docs" / "tutorial.rst").read_text()
+    args = _example("train_vggface2").parse_args([])
+    stated = {  # the tutorial's words -> the parsed default they describe
+        "identities ``0 .. 299``": args.identities == 300,
+        "identities ``300 .. 349``": args.eval_identities == 50,
+        "8 images each": args.eval_images == 8,
+        "``--batch-size 64``": args.batch_size == 64,
+        "(``iresnet18``, ``--width 0.25``, ``--embedding-dim 128``": (
+            args.backbone,
+            args.width,
+            args.embedding_dim,
+        )
+        == ("iresnet18", 0.25, 128),
+        "``--loss cosface``": args.loss == "cosface",
+        "learning rate 0.1 and weight decay 5e-4": (args.lr, args.weight_decay) == (0.1, 5e-4),
+        "SGD with momentum": args.optimizer == "sgd",
+    }
+    for words, holds in stated.items():
+        assert " ".join(words.split()) in " ".join(text.split()), words
+        assert holds, words
+
+
+class _WritesAFile:
+    """Unpickling this runs a shell command: only an unsafe ``torch.load`` would create it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_resume_loads_the_checkpoint_with_weights_only(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "code-was-run"
+    torch.save(
+        {"format": "metricface.checkpoint", "model": _WritesAFile(marker)}, out / "checkpoint.pt"
+    )
+    err = _run(
+        "train_vggface2.py", "--tiny", "--output", str(out), "--no-plots", "--resume", fails=True
+    )
+    assert "refusing to load" in err and "checkpoint.pt" in err
+    assert not marker.exists()

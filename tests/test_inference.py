@@ -190,3 +190,24 @@ def test_validation(model, loader, kwargs, error, match):
 def test_model_output_shape_is_checked():
     with pytest.raises(TypeError, match=r"model must return a tensor of shape \(batch, dim\)"):
         embed(nn.Identity(), [torch.zeros(2, 3, 4, 4)])
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_flip_tta_under_autocast_is_the_normalised_sum_of_both_low_precision_embeddings(
+    data, amp_dtype
+):
+    images, _ = data
+    model = model_with_stats()
+    seen = []
+    model.fc.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    emb, _ = embed(model, [images[:10], images[10:]], amp_dtype=amp_dtype, flip_tta=True)
+    assert seen == [amp_dtype] * 4  # two batches, each image and its mirror, under autocast
+    # the same computation written out: both embeddings in low precision, summed in float32
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp_dtype):
+        both = model(images).float() + model(images.flip(-1)).float()
+    expected = F.normalize(both.double(), dim=1)
+    torch.testing.assert_close(emb.double(), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(emb.double().norm(dim=1), torch.ones(23, dtype=torch.float64))
+    # and it is not the float32 computation: autocast really changed the arithmetic
+    assert (emb.double() - reference(model, images, flip=True)).abs().max() > 1e-5

@@ -140,3 +140,27 @@ def test_missing_matplotlib_is_reported_before_the_embedding_projection(monkeypa
     with pytest.raises(ImportError, match=r"plot embeddings.*metricface\[plot\]"):
         plot_embeddings(emb, torch.arange(10) % 3, method="pca")
     assert not called  # the projection never ran
+
+
+def test_score_histogram_draws_each_class_density(scores):
+    y, s = scores
+    ax = plot_score_histogram(y, s, bins=30)
+    edges = np.histogram_bin_edges(s, bins=30)
+    for patch, mask in zip(ax.patches[:2], (y == 1, y == 0)):
+        density, _ = np.histogram(s[mask], bins=edges, density=True)
+        heights = np.unique(patch.get_xy()[:, 1])
+        np.testing.assert_allclose(heights, np.unique(np.append(density, 0.0)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_plot_embeddings_colours_points_by_identity(method):
+    if method == "tsne":
+        pytest.importorskip("sklearn")
+    g = torch.Generator().manual_seed(1)
+    ids = torch.tensor([7, 3, 12])
+    labels = ids[torch.randint(0, 3, (30,), generator=g)]
+    emb = torch.randn(30, 5, generator=g)
+    codes = np.asarray(plot_embeddings(emb, labels, method=method).collections[0].get_array())
+    # one colour per identity, shared by all its points and by no other identity's
+    pairs = set(zip(labels.tolist(), codes.tolist()))
+    assert len(pairs) == 3 and len({c for _, c in pairs}) == 3

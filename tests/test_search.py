@@ -10,6 +10,8 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import metricface.search as search_module
 from metricface.search import search
@@ -218,3 +220,37 @@ def test_autocast_context_does_not_lower_precision(metric):
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores, expected[0], atol=0, rtol=0)
     assert torch.equal(indices, expected[1])
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor a torch op returns."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+def test_search_never_builds_the_probe_by_gallery_matrix(metric):
+    n_probes, n_gallery, dim, chunk, k = 300, 2000, 4, 64, 5
+    g = torch.Generator().manual_seed(0)
+    probes = torch.randn(n_probes, dim, generator=g, dtype=torch.float64)
+    gallery = torch.randn(n_gallery, dim, generator=g, dtype=torch.float64)
+    with _LargestTensor() as full:  # the recorder sees a full score matrix
+        probes @ gallery.T
+    assert full.largest == n_probes * n_gallery
+    with _LargestTensor() as mem:
+        scores, indices = search(
+            probes, gallery, k, metric=metric, chunk_size=chunk, use_faiss=False
+        )
+    # one chunk x chunk block of scores, the running top-k, or a copy of the inputs
+    assert mem.largest <= max(chunk * chunk, n_gallery * dim, n_probes * 2 * k)
+    assert mem.largest < n_probes * n_gallery // 100
+    ref_scores, ref_indices = reference_search(probes, gallery, k, metric)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-12, rtol=0)
+    assert torch.equal(indices, ref_indices)

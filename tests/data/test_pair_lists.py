@@ -192,3 +192,33 @@ def test_pair_files_with_bom_and_windows_line_endings(tmp_path, newline):
     p = read_pairs_csv(tmp_path / "p.csv")
     assert p.left == ["a.jpg", "c.jpg"] and p.right == ["b.jpg", "d.jpg"]
     assert p.labels.tolist() == [1, 0]
+
+
+_lfw_name = st.text(alphabet="abcXYZ_-'.", min_size=1, max_size=10)
+
+
+@given(st.integers(0, 3), st.integers(1, 4), st.data())
+def test_lfw_roundtrip_of_any_layout(tmp_path_factory, n_folds, per_fold, data):
+    """Write pairs.txt text by hand, read it, write it back: same text, same pairs."""
+    folds = max(n_folds, 1)
+    lines = [f"{n_folds}\t{per_fold}" if n_folds else str(per_fold)]
+    expected = []
+    num = st.integers(1, 9999)
+    for _ in range(folds):
+        for label in (1, 0):
+            for _ in range(per_fold):
+                a, i, j = data.draw(_lfw_name), data.draw(num), data.draw(num)
+                b = data.draw(_lfw_name) if label == 0 else a
+                lines.append(f"{a}\t{i}\t{j}" if label else f"{a}\t{i}\t{b}\t{j}")
+                expected.append((f"{a}/{a}_{i:04d}.jpg", f"{b}/{b}_{j:04d}.jpg", label))
+    text = "\n".join(lines) + "\n"
+    path = tmp_path_factory.mktemp("lfw") / "pairs.txt"
+    path.write_text(text)
+    pairs = read_lfw_pairs(path)
+    assert list(zip(pairs.left, pairs.right, pairs.labels.tolist())) == expected
+    if n_folds:
+        assert pairs.folds.tolist() == np.repeat(np.arange(folds), 2 * per_fold).tolist()
+    else:
+        assert pairs.folds is None
+    write_lfw_pairs(path, pairs)
+    assert path.read_text() == text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from metricface.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from metricface.data.hf import HFFaceDataset
@@ -123,3 +126,42 @@ def test_hf_adapter_on_loaded_rows():
         HFFaceDataset([])
     with pytest.raises(TypeError, match="source"):
         HFFaceDataset(42)
+
+
+def test_datasets_is_imported_only_when_a_dataset_is_loaded_by_name(tmp_path):
+    """A ``datasets`` package that fails on import must not matter until a Hub name is used."""
+    (tmp_path / "datasets.py").write_text("raise RuntimeError('datasets was imported')\n")
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = (
+        "import sys, metricface, metricface.data\n"
+        "from metricface.data import HFFaceDataset, SyntheticFaces\n"
+        "from PIL import Image\n"
+        "ds = HFFaceDataset([{'image': Image.new('RGB', (4, 4)), 'label': 0}])\n"
+        "assert len(ds) == 1 and 'datasets' not in sys.modules\n"
+        "try:\n"
+        "    HFFaceDataset('some-user/some-faces')\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": f"{src}:{tmp_path}", "OMP_NUM_THREADS": "1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "datasets was imported"  # ... and only by the Hub path
+
+
+@pytest.mark.parametrize("size", [112, 224])
+def test_presets_for_112_and_224_crops(size):
+    for source in (size, 250, 96):  # already the size, larger, smaller
+        x = _img(source, seed=source)
+        resized = x if source == size else TF.resize(x, [size, size], antialias=True)
+        ref = (resized.double() / 255 - 0.5) / 0.5
+        torch.testing.assert_close(eval_transform(size)(x).double(), ref, atol=1e-6, rtol=0)
+        torch.manual_seed(source)
+        out = train_transform(size)(x)
+        assert out.shape == (3, size, size) and out.dtype == torch.float32
+        assert out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6

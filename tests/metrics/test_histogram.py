@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from metricface.metrics import (
     ScoreHistogram,
@@ -244,3 +247,83 @@ def test_all_pairs_under_autocast_equals_float32():
         auto = all_pairs_histogram(emb, labels, bins=2000)
     assert np.array_equal(plain.genuine, auto.genuine)
     assert np.array_equal(plain.impostor, auto.impostor)
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages that torch ops create and that are still referenced.
+
+    Every op output's storage is counted from its creation until the last tensor that views it
+    is garbage collected; inputs are counted while a view of them is alive.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.refs, self.sizes, self.live, self.peak, self.largest = {}, {}, 0, 0, 0
+
+    def _release(self, key):
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.live -= self.sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self.refs:
+                    self.refs[key] = 0
+                    self.sizes[key] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                self.largest = max(self.largest, t.numel())
+                self.refs[key] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def test_all_pairs_memory_is_bounded_by_the_block_not_the_pairs():
+    """1200 embeddings give 719,400 pairs; with 100 x 100 tiles no tensor holds more than one
+    tile and the live tensors stay within a few tiles, far below one float per pair."""
+    n, dim, block, bins = 1200, 8, 100, 200
+    emb, labels = clustered(n, 30, dim=dim, dtype=torch.float32)
+    with _LiveTensorBytes() as full:  # the tracker sees a materialised pair matrix
+        sims = emb @ emb.T
+        del sims
+    assert full.peak >= n * n * 4
+    with _LiveTensorBytes() as mem:
+        hist = all_pairs_histogram(emb, labels, bins=bins, block_size=block)
+    assert hist.n_genuine + hist.n_impostor == n * (n - 1) // 2
+    assert mem.largest <= max(block * block, n * dim, 2 * bins + 1)
+    # a few tiles of 8-byte values, two copies of the embeddings and the counters
+    bound = 6 * 8 * block * block + 2 * 4 * n * dim + 8 * (2 * bins + 1)
+    assert mem.peak <= bound < (n * (n - 1) // 2) * 4 // 5
+    # and it does not grow with the number of pairs: 4x the pairs, same tiles
+    emb2, labels2 = clustered(2 * n, 30, dim=dim, dtype=torch.float32)
+    with _LiveTensorBytes() as mem2:
+        all_pairs_histogram(emb2, labels2, bins=bins, block_size=block)
+    assert mem2.peak - mem.peak <= 2 * 4 * n * dim  # only the extra embeddings
+
+
+@given(
+    st.integers(2, 40),
+    st.integers(1, 4),
+    st.integers(1, 45),
+    st.sampled_from([4, 8, 13, 32]),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_all_pairs_of_integer_embeddings_equal_explicit_pairs(n, dim, block, bins, dtype, seed):
+    """Small integer embeddings: every dot product is exact and many lie on bin edges, so each
+    pair must land in exactly the bin ScoreHistogram gives its explicitly computed score."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randint(-2, 3, (n, dim), generator=g).to(dtype)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    rng = (-4.0 * dim, 4.0 * dim)
+    hist = all_pairs_histogram(emb, labels, bins, rng, block_size=block, normalize=False)
+    i, j = torch.triu_indices(n, n, 1)
+    scores = (emb[i].double() * emb[j].double()).sum(1).numpy()
+    ref = ScoreHistogram(bins, rng).update((labels[i] == labels[j]).numpy(), scores)
+    np.testing.assert_array_equal(hist.genuine, ref.genuine)
+    np.testing.assert_array_equal(hist.impostor, ref.impostor)

@@ -434,3 +434,87 @@ def test_kfold_accept_all_threshold_accepts_lower_held_out_scores():
     assert mean == pytest.approx(
         np.mean([np.mean((s[f] >= t) == y[f]) for f, t in zip(folds, thr)])
     )
+
+
+# ----------------------------------------------------------------------------- audit additions
+
+
+@st.composite
+def increasing_map(draw, scores):
+    """Any strictly increasing map of the distinct scores: random positive gaps, random offset."""
+    distinct = np.unique(scores)
+    gaps = draw(
+        st.lists(
+            st.floats(1e-3, 1e3, allow_nan=False),
+            min_size=distinct.size,
+            max_size=distinct.size,
+        )
+    )
+    values = draw(st.floats(-1e3, 1e3)) + np.cumsum(gaps)
+    assert np.all(np.diff(values) > 0)
+    return values[np.searchsorted(distinct, scores)]
+
+
+@given(st.data())
+def test_any_strictly_increasing_transform_keeps_roc_eer_and_auc(data):
+    y, s = data.draw(scored_pairs())
+    t = data.draw(increasing_map(s))
+    fpr, tpr, _ = roc_curve(y, s)
+    tfpr, ttpr, _ = roc_curve(y, t)
+    np.testing.assert_array_equal(tfpr, fpr)
+    np.testing.assert_array_equal(ttpr, tpr)
+    assert equal_error_rate(y, t) == pytest.approx(equal_error_rate(y, s), abs=1e-12)
+    assert roc_auc(y, t) == pytest.approx(roc_auc(y, s), abs=1e-12)
+
+
+@given(scored_pairs())
+def test_swapping_classes_and_negating_scores_maps_the_roc_onto_itself(data):
+    # Genuine pairs become impostors and the score order reverses: the point (FAR, TAR) at one
+    # threshold becomes (1 - TAR, 1 - FAR) at the next, so the curve is its own reflection
+    # in the anti-diagonal.
+    y, s = data
+    fpr, tpr, _ = roc_curve(y, s)
+    mfpr, mtpr, _ = roc_curve(1 - y, -s)
+    np.testing.assert_allclose(mfpr, 1 - tpr[::-1], atol=1e-15)
+    np.testing.assert_allclose(mtpr, 1 - fpr[::-1], atol=1e-15)
+    assert roc_auc(1 - y, -s) == pytest.approx(roc_auc(y, s), abs=1e-12)
+    # and against scikit-learn's curve of the mirrored problem
+    ref = skm.roc_curve(1 - y, -s, drop_intermediate=False)
+    np.testing.assert_array_equal(mfpr, ref[0])
+    np.testing.assert_array_equal(mtpr, ref[1])
+
+
+@given(
+    st.lists(st.integers(-6, 6).map(float), min_size=1, max_size=40),
+    st.data(),
+)
+def test_eer_at_most_half_when_genuine_scores_dominate(impostor, data):
+    """Scores better than chance by construction: every genuine score is an impostor score
+    raised by a non-negative amount (often zero: ties), so TAR(t) >= FAR(t) at every t."""
+    i = np.array(impostor)
+    raise_by = data.draw(
+        st.lists(st.sampled_from([0.0, 0.5, 1.0, 7.0]), min_size=i.size, max_size=i.size)
+    )
+    g = i + np.array(raise_by)
+    y = np.array([1] * g.size + [0] * i.size)
+    s = np.concatenate((g, i))
+    fpr, tpr, _ = roc_curve(y, s)
+    assert np.all(tpr >= fpr)  # the construction is better than chance everywhere
+    eer = equal_error_rate(y, s)
+    assert 0.0 <= eer <= 0.5
+    assert eer == pytest.approx(brentq_eer(y, s), abs=1e-10)
+
+
+@pytest.mark.parametrize("args, exc, match", BAD)
+def test_bad_input_tar_at_far(args, exc, match):
+    with pytest.raises(exc, match=match):
+        tar_at_far(*args, 0.1)
+
+
+@pytest.mark.parametrize("fn", [roc_curve, roc_auc, equal_error_rate, tar_at_far])
+def test_negative_infinity_and_torch_nan_are_refused(fn):
+    extra = (0.5,) if fn is tar_at_far else ()
+    with pytest.raises(ValueError, match=r"y_score must be finite, got -inf at index 0"):
+        fn([1, 0], [-np.inf, 0.2], *extra)
+    with pytest.raises(ValueError, match=r"y_score must be finite, got nan at index 2"):
+        fn(torch.tensor([1, 0, 1]), torch.tensor([0.1, 0.2, float("nan")]), *extra)
