@@ -250,17 +250,19 @@ def plot_embeddings(
         raise ValueError(f"method must be 'auto', 'tsne' or 'pca', got {method!r}")
     if embeddings.shape[0] < 3:
         raise ValueError(f"embeddings must hold at least 3 points, got {embeddings.shape[0]}")
-    if ax is None:  # before the projection, which can take minutes
-        require("matplotlib.pyplot", purpose="plot embeddings")
-    x = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=1)
     if method == "auto":
         try:
             require("sklearn.manifold")
             method = "tsne"
         except ImportError:
             method = "pca"
+    # every missing package is reported before the projection, which can take minutes
     if method == "tsne":
         manifold = require("sklearn.manifold", purpose="project embeddings with t-SNE")
+    if ax is None:
+        require("matplotlib.pyplot", purpose="plot embeddings")
+    x = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=1)
+    if method == "tsne":
         perplexity = float(min(30.0, (x.shape[0] - 1) / 3))
         xy = manifold.TSNE(n_components=2, perplexity=perplexity, random_state=seed).fit_transform(
             x.numpy()
