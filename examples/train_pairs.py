@@ -52,6 +52,14 @@ def pair_indices(same: torch.Tensor):
     return k[pos], (k + b)[pos], k[neg], (k + b)[neg]
 
 
+def contrastive_on_pairs(loss_fn: ContrastiveLoss, emb: torch.Tensor, same: torch.Tensor):
+    """``loss_fn`` over exactly the ``B`` pairs ``(k, B + k)`` of ``emb = cat([left, right])``."""
+    k = torch.arange(len(same), device=same.device)
+    # pseudo-labels consistent with the pairs (the index tuple decides what is scored)
+    pseudo = torch.cat([k, torch.where(same.bool(), k, k + len(same))])
+    return loss_fn(emb, pseudo, pair_indices(same))
+
+
 def make_optimizer(params, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW, as ``--optimizer`` asks."""
     if args.optimizer == "adamw":
@@ -125,10 +133,7 @@ def main(argv=None) -> dict:
         for a, b, la, lb, same in bar:
             a, b, same = a.to(device), b.to(device), same.to(device)
             emb = model(torch.cat([a, b]))
-            # pseudo-labels consistent with the pairs (the index tuple decides what is scored)
-            k = torch.arange(len(same), device=device)
-            pseudo = torch.cat([k, torch.where(same.bool(), k, k + len(same))])
-            loss = contrastive(emb, pseudo, pair_indices(same))
+            loss = contrastive_on_pairs(contrastive, emb, same)
             if args.arcface_weight > 0:
                 labels = torch.cat([la, lb]).to(device)
                 loss = loss + args.arcface_weight * arcface(emb, labels)

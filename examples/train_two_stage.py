@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-from train_pairs import make_optimizer, one_cycle, pair_indices
+from train_pairs import contrastive_on_pairs, make_optimizer, one_cycle
 
 from metricface.checkpoint import save_checkpoint
 from metricface.data import DISTORTIONS, SyntheticFaces, eval_transform, train_transform
@@ -141,9 +141,7 @@ def main(argv=None) -> dict:
         for a, b, same in loader:
             same = same.to(device)
             emb = model(torch.cat([a, b]).to(device))
-            k = torch.arange(len(same), device=device)
-            pseudo = torch.cat([k, torch.where(same.bool(), k, k + len(same))])
-            loss = contrastive(emb, pseudo, pair_indices(same))
+            loss = contrastive_on_pairs(contrastive, emb, same)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
