@@ -17,7 +17,8 @@ data
 
 Modules: ``distances`` (pairwise distances), ``distributed`` (gathering across ranks),
 ``search`` (chunked gallery search), ``inference`` (:func:`~metricface.inference.embed`),
-``checkpoint`` (atomic, safe checkpoints) and ``plots`` (needs the ``plot`` extra).
+``checkpoint`` (atomic, safe checkpoints), ``plots`` (needs the ``plot`` extra) and ``cli``
+(the ``python -m metricface`` tools).
 """
 
 from __future__ import annotations
