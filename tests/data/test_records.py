@@ -17,7 +17,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -223,6 +223,8 @@ def test_writer_lays_out_the_reference_bytes(tmp_path):
     label=st.integers(0, 2**24 - 1),
     flag=st.integers(0, 3),
 )
+@example(chunks=[(b"abc", True, 0)], label=7, flag=0)  # the magic word ends the payload
+@example(chunks=[(b"abc", True, 0), (b"", True, 0)], label=7, flag=0)  # back to back
 def test_any_payload_survives_the_round_trip(tmp_path_factory, chunks, label, flag):
     """Magic words at aligned and unaligned places, at the start and end, back to back."""
     image = b"\xff"
@@ -400,6 +402,9 @@ def test_bad_record_contents_name_the_record(tmp_path):
     records[1] = (1, struct.pack("<IfQQ2f", 2, 0.0, 1, 0, 0, 1))  # identity record, no header
     with pytest.raises(ValueError, match=f"record key 1 at offset {off}: holds no image bytes"):
         RecordFaces(build_pack(tmp_path / "c", records))
+    header = (0, struct.pack("<IfQQf", 1, 0.0, 0, 0, 2.0))  # a one-entry header label
+    with pytest.raises(ValueError, match="record key 0 at offset 0: a header record"):
+        RecordFaces(build_pack(tmp_path / "e", [header, (1, ref_payload(0, IMAGES[0], 1))]))
     records[1] = (1, ref_payload(0, b"not a jpeg", 1))
     ds = RecordFaces(build_pack(tmp_path / "d", records))
     with pytest.raises(ImageDecodeError, match=rf"record key 1 at offset {off} of .*d/train\.rec"):

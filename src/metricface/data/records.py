@@ -26,8 +26,8 @@ holding no image and the label array ``[a, b]``: keys ``1 .. a-1`` are the image
 ``2**24`` are not exact in float32; where the header's ``a`` is rounded, records around it are
 told apart by whether they hold image bytes.
 
-:class:`RecordFaces` keeps the index as NumPy arrays (16 bytes per image plus the int64
-labels: about 100 MB for 5.8 million images, where a dict of offsets takes over 500 MB), finds
+:class:`RecordFaces` keeps the index as NumPy arrays (int32 keys, int64 offsets and labels: 20
+bytes per image, 111 MB for 5.8 million images, where a dict of offsets takes 630 MB), finds
 every label by reading only the record headers, and checks the framing of every record before
 returning, so a truncated pack, a wrong magic word or a stale index fails at once with the key
 and offset of the record. Records are read with ``os.pread`` on a file descriptor opened
@@ -41,8 +41,6 @@ import io
 import operator
 import os
 import struct
-import threading
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,260 +50,55 @@ import torch
 from torch.utils.data import Dataset
 
 from metricface._validation import check_scalar
+from metricface.data._recordio import (
+    EXACT_F32,
+    IR_HEADER,
+    RecordFile,
+    first_true,
+    frame_record,
+    open_readonly,
+    read_index,
+    scan_headers,
+)
 from metricface.data.folder import IdentityFolder, ImageDecodeError, decode_image_file
 
 __all__ = ["RecordFaces", "write_record_pack"]
 
-_MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack("<I", _MAGIC)
-_FRAME = struct.Struct("<II")  # magic, continuation flag << 29 | length
-_IR = struct.Struct("<IfQQ")  # flag, label, id, id2
-_LENGTH_BITS = 29
-_MAX_LENGTH = (1 << _LENGTH_BITS) - 1
-_EXACT_F32 = 1 << 24  # integers up to here are exact in float32
-_CHUNK = 1 << 20  # records per vectorised header read
 
-
-def _pad4(n: int) -> int:
-    return (n + 3) & ~3
-
-
-if hasattr(os, "pread"):
-    _pread = os.pread
-else:  # pragma: no cover - Windows
-    _pread_lock = threading.Lock()
-
-    def _pread(fd: int, n: int, offset: int) -> bytes:
-        with _pread_lock:
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, n)
-
-
-# ---------------------------------------------------------------------------------- index
-def _parse_index_slowly(data: bytes, path: Path) -> np.ndarray:
-    """Line-by-line parse that names the first malformed line."""
-    out = []
-    for number, line in enumerate(data.decode("latin-1").splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        try:
-            if len(fields) != 2:
-                raise ValueError
-            key, offset = int(fields[0]), int(fields[1])
-        except ValueError:
-            raise ValueError(
-                f"index {str(path)!r} line {number}: expected 'key<TAB>offset' with two "
-                f"non-negative integers, got {line[:80]!r}"
-            ) from None
-        out.append((key, offset))
-    return np.array(out, dtype=np.int64).reshape(-1, 2)
-
-
-def _read_index(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Keys and offsets of an ``.idx`` file, sorted by key."""
-    data = path.read_bytes()
-    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    try:  # C-speed parse of whitespace-separated integers (5.8M lines in ~0.3 s)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            values = np.fromstring(data, dtype=np.int64, sep=" ")
-        ok = values.size == 2 * lines
-    except (ValueError, DeprecationWarning):
-        ok = False
-    pairs = values.reshape(-1, 2) if ok else _parse_index_slowly(data, path)
-    if not len(pairs):
-        raise ValueError(f"index {str(path)!r} lists no record")
-    keys, offsets = pairs[:, 0], pairs[:, 1]
-    if keys.min() < 0 or offsets.min() < 0:
-        bad = int(np.flatnonzero((keys < 0) | (offsets < 0))[0])
-        raise ValueError(
-            f"index {str(path)!r} entry {bad + 1}: key and offset must be non-negative, got "
-            f"{int(keys[bad])} {int(offsets[bad])}"
-        )
-    if np.any(keys[1:] < keys[:-1]):
-        order = np.argsort(keys, kind="stable")
-        keys, offsets = keys[order], offsets[order]
-    dup = np.flatnonzero(keys[1:] == keys[:-1])
-    if dup.size:
-        raise ValueError(f"index {str(path)!r} lists key {int(keys[dup[0]])} more than once")
-    return keys, np.ascontiguousarray(offsets)
-
-
-def _compact(keys: np.ndarray) -> np.ndarray:
-    return keys.astype(np.int32) if keys[-1] <= np.iinfo(np.int32).max else keys
-
-
-# ---------------------------------------------------------------------------------- records
-class _Pack:
-    """Error messages and record reads for one ``.rec`` file."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path, self.size = path, size
-
-    def error(self, key: int, offset: int, what: str) -> ValueError:
-        return ValueError(f"{str(self.path)!r}: record key {key} at offset {offset}: {what}")
-
-    def read(self, fd: int, key: int, offset: int) -> bytes:
-        """The payload of the record starting at ``offset``, its parts joined."""
-        parts: list[bytes] = []
-        pos, first = offset, True
-        while True:
-            head = _pread(fd, 8, pos)
-            if len(head) < 8:
-                raise self.error(key, offset, f"the pack is truncated: it ends at byte {pos}")
-            magic, word = _FRAME.unpack(head)
-            if magic != _MAGIC:
-                raise self.error(
-                    key,
-                    offset,
-                    f"wrong magic word 0x{magic:08x} at byte {pos} (0xced7230a "
-                    "expected): the .idx does not belong to this .rec, or the file is damaged",
-                )
-            cflag, length = word >> _LENGTH_BITS, word & _MAX_LENGTH
-            if cflag not in ((0, 1) if first else (2, 3)):
-                what = "start" if first else "continuation"
-                raise self.error(
-                    key,
-                    offset,
-                    f"continuation flag {cflag} where a record {what} "
-                    "belongs: the .idx does not point at record starts",
-                )
-            body = _pread(fd, length, pos + 8) if length else b""
-            if len(body) < length:
-                raise self.error(
-                    key,
-                    offset,
-                    f"the pack is truncated: a part of {length} bytes at byte "
-                    f"{pos + 8} runs past its end ({self.size} bytes)",
-                )
-            parts.append(body)
-            if cflag in (0, 3):
-                return _MAGIC_BYTES.join(parts)
-            pos += 8 + _pad4(length)
-            first = False
-
-    def split(self, key: int, offset: int, payload: bytes) -> tuple[int, float, int]:
-        """``(flag, label, image offset)`` of an image payload."""
-        if len(payload) < _IR.size:
-            raise self.error(key, offset, f"{len(payload)} bytes, fewer than the 24-byte header")
-        flag, label = _IR.unpack_from(payload)[:2]
-        start = _IR.size + 4 * flag
-        if start > len(payload):
-            raise self.error(
-                key,
-                offset,
-                f"label flag {flag} announces {flag} float32 labels "
-                f"({start} bytes with the header) but the payload holds {len(payload)} bytes",
-            )
-        if flag:
-            label = struct.unpack_from("<f", payload, _IR.size)[0]
-        return flag, label, start
-
-
-def _first(mask: np.ndarray) -> int | None:
-    where = np.flatnonzero(mask)
-    return int(where[0]) if where.size else None
-
-
-def _scan_chunk(pack: _Pack, words: np.ndarray, keys: np.ndarray, off: np.ndarray):
-    """Headers of the records at ``off`` (see :func:`_scan`) from the file's uint32 words."""
-    base = off // 4
-    last = len(words) - 1
-
-    def word(k: int) -> np.ndarray:
-        return np.asarray(words[np.minimum(base + k, last)])
-
-    def check(mask: np.ndarray, what: Callable[[int], str]) -> None:
-        i = _first(mask)
+def _image_records(
+    pack: RecordFile, keys, offsets, flags, labels, lengths
+) -> tuple[np.ndarray, bool]:
+    """Boolean mask of the image records, and whether record 0 is a header record."""
+    has_image = lengths > IR_HEADER.size + 4 * flags.astype(np.int64)
+    if keys[0] != 0 or flags[0] < 1 or has_image[0]:  # a plain pack: every record an image
+        i = first_true(~has_image)
         if i is not None:
-            raise pack.error(int(keys[i]), int(off[i]), what(i))
-
-    magic = word(0)
-    check(
-        magic != _MAGIC,
-        lambda i: (
-            f"wrong magic word 0x{int(magic[i]):08x} (0xced7230a expected): the .idx "
-            "does not belong to this .rec, or the file is damaged"
-        ),
-    )
-    lrec = word(1)
-    cflag = lrec >> _LENGTH_BITS
-    length = (lrec & _MAX_LENGTH).astype(np.int64)
-    check(
-        cflag > 1,
-        lambda i: f"continuation flag {int(cflag[i])}: the .idx does not point at a record start",
-    )
-    check(
-        off + 8 + length > pack.size,
-        lambda i: (
-            f"the pack is truncated: the record holds {int(length[i])} bytes but the file "
-            f"ends {pack.size - int(off[i]) - 8} bytes after its 8-byte frame"
-        ),
-    )
-    whole = cflag == 0
-    check(
-        whole & (length < _IR.size),
-        lambda i: f"{int(length[i])} bytes, fewer than the 24-byte header",
-    )
-    flag = word(2).astype(np.int64)
-    check(
-        whole & (_IR.size + 4 * flag > length),
-        lambda i: (
-            f"label flag {int(flag[i])} announces {int(flag[i])} float32 labels "
-            f"({_IR.size + 4 * int(flag[i])} bytes with the header) but the payload holds "
-            f"{int(length[i])} bytes"
-        ),
-    )
-    label = np.where(flag == 0, word(3), word(8)).view(np.float32)
-    return flag, label, length, whole
-
-
-def _scan(pack: _Pack, keys: np.ndarray, offsets: np.ndarray):
-    """Flag, label (first entry) and payload length of every record, reading headers only.
-
-    Checks every record's framing on the way: offsets inside the file and 4-byte aligned, the
-    magic word, a record start, the length inside the file, the label array inside the
-    payload. Split records (rare) are read whole.
-    """
-    i = _first(offsets % 4 != 0)
-    if i is not None:
-        raise pack.error(int(keys[i]), int(offsets[i]), "offset is not a multiple of 4")
-    i = _first(offsets + 8 > pack.size)
+            raise pack.error(
+                int(keys[i]),
+                int(offsets[i]),
+                "holds no image bytes (a plain pack, without header record, holds only images)",
+            )
+        return np.ones(len(keys), bool), False
+    first = float(labels[0])  # header label [first identity key, end key]: images below first
+    if flags[0] < 2 or not (np.isfinite(first) and first >= 1 and first == int(first)):
+        raise pack.error(
+            0,
+            int(offsets[0]),
+            "a header record (no image) whose label array does not start "
+            "with [first identity key, end key]",
+        )
+    ulp = float(np.spacing(np.float32(first))) if first > EXACT_F32 else 0.0
+    image = (keys >= 1) & (keys < first + ulp)
+    near = (keys >= first - ulp) & (keys < first + ulp)
+    image &= ~near | has_image  # a rounded boundary: identity records hold no image
+    i = first_true(image & ~has_image)
     if i is not None:
         raise pack.error(
             int(keys[i]),
             int(offsets[i]),
-            f"the index points past the end of the file ({pack.size} bytes): the pack is "
-            "truncated or the .idx belongs to another pack",
+            f"holds no image bytes, but the header record puts image keys below {int(first)}",
         )
-    n = len(keys)
-    flags, labels, lengths = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64)
-    split: list[int] = []
-    words = np.memmap(pack.path, dtype="<u4", mode="r", shape=(pack.size // 4,))
-    try:
-        for lo in range(0, n, _CHUNK):
-            hi = min(lo + _CHUNK, n)
-            flag, label, length, whole = _scan_chunk(pack, words, keys[lo:hi], offsets[lo:hi])
-            flags[lo:hi], labels[lo:hi], lengths[lo:hi] = flag, label, length
-            split.extend((lo + np.flatnonzero(~whole)).tolist())
-    finally:
-        del words
-    if split:
-        fd = _open(pack.path)
-        try:
-            for i in split:
-                key, offset = int(keys[i]), int(offsets[i])
-                payload = pack.read(fd, key, offset)
-                flags[i], labels[i], _ = pack.split(key, offset, payload)
-                lengths[i] = len(payload)
-        finally:
-            os.close(fd)
-    return flags, labels, lengths
-
-
-def _open(path: Path) -> int:
-    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    return image, True
 
 
 def _read_property(path: Path) -> tuple[int, tuple[int, int]]:
@@ -411,10 +204,10 @@ class RecordFaces(Dataset):
                 f"index file {str(idx)!r} of {str(rec)!r} not found (pass idx_path= when it "
                 "has another name)"
             )
-        pack = _Pack(rec, rec.stat().st_size)
-        keys, offsets = _read_index(idx)
-        flags, raw_labels, lengths = _scan(pack, keys, offsets)
-        image = self._image_records(pack, keys, offsets, flags, lengths)
+        pack = RecordFile(rec, rec.stat().st_size)
+        keys, offsets = read_index(idx)
+        flags, raw_labels, lengths = scan_headers(pack, keys, offsets)
+        image, self.has_header = _image_records(pack, keys, offsets, flags, raw_labels, lengths)
         keys, offsets, raw_labels = keys[image], offsets[image], raw_labels[image]
         if not len(keys):
             raise ValueError(f"{str(rec)!r} holds no image record")
@@ -444,62 +237,21 @@ class RecordFaces(Dataset):
                 )
         self.rec_path, self.idx_path, self._pack = rec, idx, pack
         self.transform = transform
-        self.keys, self.offsets, self.labels = _compact(keys), offsets, labels
+        self.keys, self.offsets, self.labels = (
+            keys.astype(np.int32) if keys[-1] <= np.iinfo(np.int32).max else keys,
+            offsets,
+            labels,
+        )
         self.num_classes = num_classes
         self._pack_ids = np.arange(num_classes)  # label -> identity label in the pack
         self._name_width = len(str(max(num_classes - 1, 0)))
         self._fd, self._fd_pid = -1, -1
 
-    def _image_records(self, pack, keys, offsets, flags, lengths) -> np.ndarray:
-        """Boolean mask of the image records; sets :attr:`has_header`."""
-        self.has_header = False
-        has_image = lengths > 24 + 4 * flags
-        if keys[0] != 0 or flags[0] < 1 or has_image[0]:
-            empty = np.flatnonzero(~has_image)
-            if empty.size:
-                i = int(empty[0])
-                raise pack.error(
-                    int(keys[i]),
-                    int(offsets[i]),
-                    "holds no image bytes (a plain "
-                    "pack without header record must hold only images)",
-                )
-            return np.ones(len(keys), bool)
-        fd = _open(pack.path)
-        try:
-            payload = pack.read(fd, 0, int(offsets[0]))
-        finally:
-            os.close(fd)
-        if flags[0] < 2:
-            raise pack.error(
-                0,
-                int(offsets[0]),
-                "a header record (no image) whose label array "
-                "has 1 entry, where [first identity key, end key] is expected",
-            )
-        first = float(np.frombuffer(payload, "<f4", 1, _IR.size)[0])
-        if not (np.isfinite(first) and first >= 1 and first == int(first)):
-            raise pack.error(0, int(offsets[0]), f"header record label {first!r} is not a key")
-        self.has_header = True
-        ulp = float(np.spacing(np.float32(first))) if first > _EXACT_F32 else 0.0
-        image = (keys >= 1) & (keys < first + ulp)
-        near = (keys >= first - ulp) & (keys < first + ulp)
-        image &= ~near | has_image  # a rounded boundary: identity records hold no image
-        empty = np.flatnonzero(image & ~has_image)
-        if empty.size:
-            i = int(empty[0])
-            raise pack.error(
-                int(keys[i]),
-                int(offsets[i]),
-                f"holds no image bytes, but the header record puts image keys below {int(first)}",
-            )
-        return image
-
     # ------------------------------------------------------------------ reading
     def _file(self) -> int:
         pid = os.getpid()
         if self._fd_pid != pid:  # first use in this process (a fork inherits a copy)
-            self._fd = _open(self.rec_path)
+            self._fd = open_readonly(self.rec_path)
             self._fd_pid = pid
         return self._fd
 
@@ -530,7 +282,7 @@ class RecordFaces(Dataset):
         i = self._index(index)
         key, offset = int(self.keys[i]), int(self.offsets[i])
         payload = self._pack.read(self._file(), key, offset)
-        start = self._pack.split(key, offset, payload)[2]
+        start = self._pack.parse(key, offset, payload)[2]
         return payload[start:], int(self.labels[i])
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
@@ -640,29 +392,6 @@ class RecordFaces(Dataset):
 
 
 # ---------------------------------------------------------------------------------- writing
-def _frame(payload: bytes) -> bytes:
-    """One record as MXNet writes it: split at aligned magic words, each part padded."""
-    n = len(payload)
-    aligned = np.frombuffer(payload, "<u4", n // 4)
-    cuts = (np.flatnonzero(aligned == _MAGIC) * 4).tolist()
-    if n > _MAX_LENGTH:
-        raise ValueError(f"a record holds at most {_MAX_LENGTH} bytes, got {n}")
-    out, start = [], 0
-    for i, cut in enumerate(cuts):
-        out += [
-            _FRAME.pack(_MAGIC, ((1 if i == 0 else 2) << _LENGTH_BITS) | (cut - start)),
-            payload[start:cut],
-        ]
-        start = cut + 4
-    rest = n - start
-    out += [
-        _FRAME.pack(_MAGIC, ((3 if cuts else 0) << _LENGTH_BITS) | rest),
-        payload[start:],
-        b"\0" * (_pad4(rest) - rest),
-    ]
-    return b"".join(out)
-
-
 def _label_payload(label: object, what: str) -> tuple[float, bytes, int]:
     """``(scalar label, label array bytes, identity)`` of an int label or a label array."""
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
@@ -676,7 +405,7 @@ def _label_payload(label: object, what: str) -> tuple[float, bytes, int]:
         identity, array = int(values[0]), values.astype("<f4").tobytes()
     else:
         raise TypeError(f"{what}: label must be an int or a sequence of numbers, got {label!r}")
-    if not 0 <= identity < _EXACT_F32:
+    if not 0 <= identity < EXACT_F32:
         raise ValueError(
             f"{what}: identity label must be in [0, 2**24) (exact in float32), got {identity}"
         )
@@ -762,10 +491,10 @@ def write_record_pack(
 
             def write(key: int, payload: bytes) -> None:
                 index.write(f"{key}\t{f.tell()}\n")
-                f.write(_frame(payload))
+                f.write(frame_record(payload))
 
             def header_payload(key: int, start: int, end: int) -> bytes:
-                return _IR.pack(2, 0.0, key, 0) + struct.pack("<ff", start, end)
+                return IR_HEADER.pack(2, 0.0, key, 0) + struct.pack("<ff", start, end)
 
             if header:
                 write(0, header_payload(0, 0, 0))  # rewritten in place at the end
@@ -792,7 +521,7 @@ def write_record_pack(
                 if size is None and write_property:
                     size = _image_size(bytes(data), what)
                 flag = len(array) // 4
-                write(key, _IR.pack(flag, scalar, key, 0) + array + bytes(data))
+                write(key, IR_HEADER.pack(flag, scalar, key, 0) + array + bytes(data))
                 key += 1
             if key == first:
                 raise ValueError("items must hold at least one image")
@@ -803,7 +532,7 @@ def write_record_pack(
                     start, end = ranges.get(c, (end, end))
                     write(key + c, header_payload(key + c, start, end))
                 f.seek(0)
-                f.write(_frame(header_payload(0, key, key + classes)))
+                f.write(frame_record(header_payload(0, key, key + classes)))
             f.flush()
             os.fsync(f.fileno())
         if write_property:
