@@ -215,7 +215,7 @@ def test_writer_lays_out_the_reference_bytes(tmp_path):
     assert plain.read_bytes() == build_pack(tmp_path / "ref2", records).read_bytes()
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(
     chunks=st.lists(
         st.tuples(st.binary(max_size=11), st.booleans(), st.integers(0, 3)), min_size=1, max_size=5

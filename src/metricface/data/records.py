@@ -353,19 +353,15 @@ class RecordFaces(Dataset):
             raise IndexError(
                 f"indices must lie in [0, {len(self)}), got {rows.min()}..{rows.max()}"
             )
-        new = self._derive(rows, self.labels[rows], self._pack_ids)
-        return new
+        return self._derive(rows, self.labels[rows], self._pack_ids)
 
     def split_by_identity(self, held_out: float | int, *, seed: int = 0):
-        """Open-set split: hold out whole identities (as :meth:`IdentityFolder.split_by_identity
-        <metricface.data.folder.IdentityFolder.split_by_identity>`).
+        """Open-set split: hold out whole identities.
 
-        Parameters
-        ----------
-        held_out : float or int
-            Fraction in ``(0, 1)`` or number of identities that go to the second part.
-        seed : int
-            Seed of the random choice of identities.
+        ``held_out`` (a fraction in ``(0, 1)`` or a number of identities) and ``seed`` choose
+        them as in :meth:`IdentityFolder.split_by_identity
+        <metricface.data.folder.IdentityFolder.split_by_identity>`, so a pack and its unpacked
+        tree split alike.
 
         Returns
         -------
