@@ -23,7 +23,10 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 #: Tool name -> module of this package that implements it.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "pack-rec": "metricface.cli.records",
+    "unpack-rec": "metricface.cli.records",
+}
 
 
 class CommandError(Exception):

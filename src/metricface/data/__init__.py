@@ -1,4 +1,4 @@
-"""Datasets: identity folders, pair lists, built-in synthetic faces and transform presets."""
+"""Datasets: identity folders, RecordIO packs, pair lists, synthetic faces, transform presets."""
 
 from metricface.data.folder import (
     IMAGE_EXTENSIONS,
@@ -16,6 +16,7 @@ from metricface.data.pairs import (
     write_pairs_csv,
     write_submission,
 )
+from metricface.data.records import RecordFaces, write_record_pack
 from metricface.data.synthetic import DISTORTIONS, SyntheticFaces
 from metricface.data.transforms import (
     FACE_MEAN,
@@ -38,6 +39,7 @@ __all__ = [
     "ImageDecodeError",
     "PairList",
     "PairListDataset",
+    "RecordFaces",
     "SyntheticFaces",
     "decode_image_file",
     "eval_transform",
@@ -46,5 +48,6 @@ __all__ = [
     "train_transform",
     "write_lfw_pairs",
     "write_pairs_csv",
+    "write_record_pack",
     "write_submission",
 ]
