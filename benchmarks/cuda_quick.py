@@ -217,10 +217,11 @@ def _count(c: float) -> str:
 
 
 def _free_memory(device: str) -> None:
+    """Give the device's cached blocks back (CUDA; a CPU tensor is freed with its last use)."""
     import torch
 
-    gc.collect()
     if device == "cuda":
+        gc.collect()  # e.g. an out-of-memory traceback's frames
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
@@ -425,11 +426,13 @@ def largest_that_trains(
     of ``capacity`` by it; then the bracket ``[fits, fails)`` is narrowed (3 % steps up to a
     failure, one 3 % step down, then halving) to ``tol`` (relative) or ``unit``, or until the next trial would pass ``deadline``
     (``time.monotonic()``). Returns ``fits`` (the largest C that trained, or 0), its ``peak``,
-    ``fails`` (the smallest C that did not, or None) and the ``trials`` as ``(C, trained)``.
+    ``fails`` (the smallest C that did not, or None), the ``trials`` as ``(C, trained)`` and
+    ``errors``: the messages of failures other than running out of memory (a trial that
+    raises any ``RuntimeError`` did not train).
     """
     import torch
 
-    fits, fits_peak, fails, trials, points = 0, None, None, [], []
+    fits, fits_peak, fails, trials, points, errors = 0, None, None, [], [], []
     aim, moves = None, 0
     probe, last = first, (first, 1.0)
     # a trial takes about as long per class as the last one did: stop before the deadline
@@ -440,10 +443,10 @@ def largest_that_trains(
             ok = peak <= capacity
         except (torch.OutOfMemoryError, MemoryError):
             peak, ok = None, False
-        except RuntimeError as e:  # cuBLAS failing to get its workspace is also out of memory
-            if "ALLOC" not in str(e) and "out of memory" not in str(e):
-                raise
+        except RuntimeError as e:  # e.g. cuBLAS failing to get its workspace; kept for notes
             peak, ok = None, False
+            if "ALLOC" not in str(e) and "out of memory" not in str(e):
+                errors.append(f"C={probe:,}: {str(e).splitlines()[0][:160]}")
         _free_memory(device)
         last = (probe, time.monotonic() - t0)
         trials.append((probe, ok))
@@ -468,7 +471,7 @@ def largest_that_trains(
         if fails is not None:
             nxt = min(nxt, fails - unit)
         probe = nxt if nxt > fits else 0
-    return {"fits": fits, "peak": fits_peak, "fails": fails, "trials": trials}
+    return {"fits": fits, "peak": fits_peak, "fails": fails, "trials": trials, "errors": errors}
 
 
 def part_largest_c(p: Part) -> int:
@@ -512,9 +515,12 @@ def part_largest_c(p: Part) -> int:
         bracket = f"{_count(r['fails'])} fails" if r["fails"] else "no failing size reached"
         notes = (
             f"fits {r['fits']:,}{peak}, {bracket}; {len(r['trials'])} trials in "
-            f"{time.monotonic() - t0:.0f} s, each 2 steps of fwd+bwd+SGD (momentum 0.9); "
-            f"{where}; B={b}, D={d}, fp32 centers"
+            f"{time.monotonic() - t0:.0f} s, each 2 steps of fwd+bwd+SGD (momentum 0.9, "
+            f"weight decay 5e-4, torch's default implementation); {where}; B={b}, D={d}, "
+            "fp32 centers"
         )
+        if r["errors"]:
+            notes += "; not out of memory: " + "; ".join(r["errors"][:2])
         cell = _count(r["fits"]) if r["fits"] else "none fits"
         figure = f"largest C that trains, {label}"
         if method == "pml":

@@ -207,8 +207,8 @@ if [ "$QUICK" = 1 ]; then
     status=0 times=""
     for part in "${PARTS[@]}"; do
         left=$((BUDGET_S - (SECONDS - START)))
-        limit=$(scaled "${LIMIT[$part]}")
-        [ "$limit" -le "$left" ] || limit=$left
+        limit=$(scaled "${LIMIT[$part]}") why="its limit"
+        [ "$limit" -le "$left" ] || limit=$left why="what was left of the run's budget"
         log=$OUT/$part.log
         if [ "$left" -lt 5 ]; then
             echo "| $part | - | SKIPPED | - | - | the run's budget of ${BUDGET} s was used up |" >>"$TABLE"
@@ -229,7 +229,7 @@ if [ "$QUICK" = 1 ]; then
             0) verdict=ok ;;
             124 | 137)
                 verdict=TIMEOUT
-                echo "| $part | - | TIMEOUT | - | - | stopped at its limit of ${limit} s; its rows above were measured before that; log: $part.log |" >>"$TABLE"
+                echo "| $part | - | TIMEOUT | - | - | stopped after ${limit} s, ${why}; the rows it wrote above (if any) were measured before that; log: $part.log |" >>"$TABLE"
                 ;;
             *)
                 verdict="FAILED (exit $rc)"

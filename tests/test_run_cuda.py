@@ -73,7 +73,7 @@ def test_dry_run_reports_every_part_and_survives_a_part_over_its_limit(tmp_path)
     # the stalled part: the row it wrote before the cut is kept, then the timeout is reported
     stalled = by_part["all_pairs"]
     assert stalled[0][1] == "--stall"
-    assert stalled[-1][2] == "TIMEOUT" and "limit of 3 s" in stalled[-1][5]
+    assert stalled[-1][2] == "TIMEOUT" and "after 3 s, its limit" in stalled[-1][5]
     # parts that ran after it measured something: numbers with units in the metricface column
     assert re.match(r"[\d.,]+ (ms|s)$", by_part["eer"][0][2]), by_part["eer"]
     assert any(r[2].endswith("img/s") for r in by_part["training"])
