@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 import metricface.backbones as B
@@ -90,8 +89,13 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, n: int) -> float
     return 2 * n**3 / best
 
 
-def _prepare(model: nn.Module, s: Setup) -> tuple[Callable[[torch.Tensor], None], int]:
-    """Move ``model`` to the device and return a training-step function and its forward FLOPs."""
+def train_step(model: nn.Module, s: Setup) -> tuple[Callable[[torch.Tensor], None], int]:
+    """Move ``model`` to the device; return a training-step function and its forward FLOPs.
+
+    The step is forward (under autocast in ``s.dtype``, compiled with ``s.compile``), a loss,
+    backward and an SGD-with-momentum update; the FLOPs are those of one image's forward pass
+    from :func:`metricface.backbones.profile`.
+    """
     flops = B.profile(model, (3, s.input_size, s.input_size)).flops
     model = model.to(s.device)
     if s.channels_last:
@@ -116,9 +120,10 @@ def _prepare(model: nn.Module, s: Setup) -> tuple[Callable[[torch.Tensor], None]
     return step, flops
 
 
-def _time(
+def images_per_second(
     step: Callable[[torch.Tensor], None], x: torch.Tensor, n: int, dev: torch.device
 ) -> float:
+    """Images/s of ``n`` calls of ``step(x)``, the device synchronised before and after."""
     _sync(dev)
     t = time.perf_counter()
     for _ in range(n):
@@ -129,6 +134,8 @@ def _time(
 
 def bench_pair(name: str, batch: int, s: Setup) -> dict[str, float]:
     """Images/s (median over repeats), forward FLOPs and peak memory of ours and the peer."""
+    import torchvision  # the peer (imported here: the other helpers do without it)
+
     torch.manual_seed(0)
     kw = {"input_size": s.input_size} if name.startswith("iresnet") else {}
     models = {
@@ -145,7 +152,7 @@ def bench_pair(name: str, batch: int, s: Setup) -> dict[str, float]:
         # momentum): its own parameters, gradients, momentum and activations
         _sync(s.device)
         base = torch.cuda.memory_allocated(s.device) if s.device.type == "cuda" else 0
-        steps[key], result[f"{key}_flops"] = _prepare(model, s)
+        steps[key], result[f"{key}_flops"] = train_step(model, s)
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         for _ in range(s.warmup):  # includes torch.compile's compilation with --compile
@@ -156,7 +163,7 @@ def bench_pair(name: str, batch: int, s: Setup) -> dict[str, float]:
     rates: dict[str, list[float]] = {"ours": [], "peer": []}
     for _ in range(s.repeats):
         for key in rates:
-            rates[key].append(_time(steps[key], x, s.steps, s.device))
+            rates[key].append(images_per_second(steps[key], x, s.steps, s.device))
     for key, r in rates.items():
         result[key] = statistics.median(r)
     return result
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--matmul-size", type=int, default=None, help="side of the peak-FLOPs matmul")
     p.add_argument("--quick", action="store_true", help="small smoke run")
     a = p.parse_args(argv)
+    import torchvision
 
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     mm = a.matmul_size or (8192 if cuda else 2048)
     peak = peak_matmul_flops(device, dtype, mm)
 
-    name = torch.cuda.get_device_name(device) if cuda else _cpu_model()
+    name = torch.cuda.get_device_name(device) if cuda else cpu_model()
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, {name}, "
         f"threads {torch.get_num_threads()}"
@@ -265,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
             print("| " + " | ".join(row) + " |", flush=True)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``"CPU"`` where that is unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

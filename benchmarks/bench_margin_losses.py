@@ -33,7 +33,9 @@ Usage::
 
 Other loss implementations (e.g. a sharded class-center loss) register in ``LOSSES`` below:
 ``name -> (metricface factory, peer factory or None)``; each factory takes
-``(num_classes, embedding_dim)``. A peer of ``None`` prints ``-``.
+``(num_classes, embedding_dim)``. A peer of ``None`` prints ``-``. ``arcface_chunked``
+(:class:`~metricface.losses.PartialFCLoss` with ``chunk_size=8192``: the same loss, the classes
+scored in chunks) runs only when named in ``--losses``.
 """
 
 from __future__ import annotations
@@ -89,9 +91,16 @@ def _pml_subcenter(c: int, d: int) -> torch.nn.Module:
     )
 
 
+def _mf_arcface_chunked(c: int, d: int) -> torch.nn.Module:
+    from metricface.losses import ArcFaceMargin, PartialFCLoss
+
+    return PartialFCLoss(c, d, ArcFaceMargin(0.5), scale=64.0, chunk_size=8192)
+
+
 Factory = Callable[[int, int], torch.nn.Module]
 LOSSES: dict[str, tuple[Factory, Optional[Factory]]] = {
     "arcface": (_mf_arcface, _pml_arcface),
+    "arcface_chunked": (_mf_arcface_chunked, _pml_arcface),  # same loss, classes in chunks
     "cosface": (_mf_cosface, _pml_cosface),
     "subcenter": (_mf_subcenter, _pml_subcenter),
 }

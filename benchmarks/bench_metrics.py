@@ -91,6 +91,46 @@ def bench_scores(n: int, genuine_fraction: float, repeats: int, rng) -> None:
         raise SystemExit(f"EER mismatch at n={n}: {eer_ours} vs {eer_peer}")
 
 
+def bench_all_pairs(
+    pairs_n: int, dim: int, bins: int, dev: str, quick: bool = False, peer_max: int = 20_000
+) -> dict:
+    """Time ``all_pairs_histogram`` on ``pairs_n`` random embeddings, and the peer if it fits.
+
+    ``pairs_n // 20`` identities, ``randn`` embeddings of ``dim`` (seeded). One run, after a
+    warm-up on 1,000 embeddings, when there are over 1e9 pairs (or ``quick``); else the best
+    of two after a warm-up. The peer materialises the pair matrix and runs only up to
+    ``peer_max`` embeddings. Returns seconds ``ours`` and ``peer`` (None when skipped), the
+    number of ``pairs``, the ``mismatch`` of the two histograms and, on CUDA, ``peak_gib``:
+    our peak memory beyond the inputs.
+    """
+    g = torch.Generator().manual_seed(0)
+    n_ids = max(2, pairs_n // 20)
+    labels = torch.randint(0, n_ids, (pairs_n,), generator=g).to(dev)
+    emb = torch.randn(pairs_n, dim, generator=g).to(dev)
+    n_pairs = pairs_n * (pairs_n - 1) // 2
+    repeats = 1 if quick or n_pairs > 10**9 else 2
+    if repeats == 1:  # timed() warms up only when repeating: first calls pay for CUDA/BLAS setup
+        all_pairs_histogram(emb[:1000], labels[:1000], bins)
+    base = 0
+    if dev == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()  # the embeddings and labels themselves
+        torch.cuda.reset_peak_memory_stats()
+    t_ours, hist = timed(lambda: all_pairs_histogram(emb, labels, bins), repeats, dev)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if dev == "cuda" else None
+    t_peer = mismatch = None
+    if pairs_n <= peer_max:
+        t_peer, (gp, ip) = timed(lambda: peer_all_pairs(emb, labels, bins), repeats, dev)
+        mismatch = int(np.abs(gp - hist.genuine).sum() + np.abs(ip - hist.impostor).sum())
+    return {
+        "ours": t_ours,
+        "peer": t_peer,
+        "pairs": n_pairs,
+        "mismatch": mismatch,
+        "peak_gib": peak,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -114,40 +154,22 @@ def main() -> None:
         bench_scores(n, args.genuine_fraction, 1 if (args.quick or n >= 10**7) else 3, rng)
         gc.collect()
 
-    dev = args.device
-    g = torch.Generator().manual_seed(0)
-    n_ids = max(2, pairs_n // 20)
-    labels = torch.randint(0, n_ids, (pairs_n,), generator=g).to(dev)
-    emb = torch.randn(pairs_n, args.dim, generator=g).to(dev)
-    n_pairs = pairs_n * (pairs_n - 1) // 2
-    repeats = 1 if args.quick or n_pairs > 10**9 else 2
-    if repeats == 1:  # timed() warms up only when repeating: first calls pay for CUDA/BLAS setup
-        all_pairs_histogram(emb[:1000], labels[:1000], args.bins)
-    base = 0
-    if dev == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()  # the embeddings and labels themselves
-        torch.cuda.reset_peak_memory_stats()
-    t_ours, hist = timed(lambda: all_pairs_histogram(emb, labels, args.bins), repeats, dev)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if dev == "cuda" else None
-    t_peer = None
-    if pairs_n <= 20_000:
-        t_peer, (gp, ip) = timed(lambda: peer_all_pairs(emb, labels, args.bins), repeats, dev)
-        mismatch = np.abs(gp - hist.genuine).sum() + np.abs(ip - hist.impostor).sum()
+    r = bench_all_pairs(pairs_n, args.dim, args.bins, args.device, quick=args.quick)
+    if r["peer"] is not None:
         note_peer = (
-            f", peer {n_pairs / t_peer:.3g} pairs/s, {mismatch} pairs binned differently "
-            "(float32 rounding at edges)"
+            f", peer {r['pairs'] / r['peer']:.3g} pairs/s, {r['mismatch']} pairs binned "
+            "differently (float32 rounding at edges)"
         )
     else:
         note_peer = ", peer skipped (pair matrix too large)"
     row(
-        f"all-pairs N={pairs_n} D={args.dim} ({dev})",
-        t_ours,
-        t_peer,
-        f"{n_pairs / t_ours:.3g} pairs/s{note_peer}",
+        f"all-pairs N={pairs_n} D={args.dim} ({args.device})",
+        r["ours"],
+        r["peer"],
+        f"{r['pairs'] / r['ours']:.3g} pairs/s{note_peer}",
     )
-    if peak is not None:
-        print(f"metricface all-pairs peak CUDA memory beyond the inputs {peak:.2f} GiB")
+    if r["peak_gib"] is not None:
+        print(f"metricface all-pairs peak CUDA memory beyond the inputs {r['peak_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -50,74 +50,171 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+class PeakMemory:
+    """Peak memory of the work inside a ``with`` block, beyond what was held when it began.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+    memory allocated at entry. CPU: the growth of the process's peak resident set (``VmHWM``,
+    reset through ``/proc/self/clear_refs`` at entry) over ``VmRSS`` at entry, Linux only. The
+    figure is ``peak`` (bytes) after the block.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = _rss_kib("VmRSS") * 1024
+            with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+                fh.write("5")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.peak = _rss_kib("VmHWM") * 1024 - self.base
+
+
+def _loss_class(method: str):
+    """The loss class of ``method``, imported and built once (outside any measurement)."""
+    import torch
+
+    if method == "pml":
+        from pytorch_metric_learning.losses import ArcFaceLoss as PMLArcFaceLoss
+
+        return PMLArcFaceLoss
+    from metricface.losses import ArcFaceLoss, PartialFCLoss
+
+    if method == "dense":
+        with torch.device("meta"):  # the first use of the meta device loads its kernels
+            ArcFaceLoss(2, 2)
+        return ArcFaceLoss
+    return PartialFCLoss
+
+
+def build_loss(method: str, c: int, d: int, chunk: int, dev) -> tuple:
+    """The loss ``method`` for ``c`` classes and its class-center parameter, on ``dev``.
+
+    The centers are allocated on ``dev`` directly and filled from a seeded generator in blocks
+    (no temporary ``(C, D)`` copy), identical for every method. pytorch-metric-learning's
+    constructor would build and initialise its ``(D, C)`` centers on the CPU (seconds per
+    million classes), so its loss is built for one class and given the ``(D, C)`` parameter on
+    ``dev`` it would have made.
+    """
+    import torch
+
+    from metricface.losses import ArcFaceMargin
+
+    cls = _loss_class(method)
+    if method == "pml":
+        loss_fn = cls(1, d, margin=math.degrees(0.5), scale=64.0).to(dev)
+        loss_fn.W = torch.nn.Parameter(torch.empty(d, c, device=dev))
+        loss_fn.num_classes = c
+        weight = loss_fn.W
+    elif method == "dense":
+        with torch.device("meta"):
+            loss_fn = cls(c, d, margin=0.5, scale=64.0)
+        loss_fn = loss_fn.to_empty(device=dev)
+        weight = loss_fn.weight
+    else:
+        loss_fn = cls(c, d, margin=ArcFaceMargin(0.5), scale=64.0, chunk_size=chunk, device=dev)
+        weight = loss_fn.weight
+    gen = torch.Generator(device=dev).manual_seed(1)
+    with torch.no_grad():
+        for start in range(0, c, 65536):
+            block = torch.randn(min(65536, c - start), d, device=dev, generator=gen)
+            if method == "pml":
+                weight[:, start : start + len(block)] = block.T
+            else:
+                weight[start : start + len(block)] = block
+    return loss_fn, weight
+
+
+def _warm_up(dev) -> None:
+    """Touch the allocator, thread pools and kernels once, so a baseline excludes them."""
+    import torch
+
+    warm = torch.randn(64, 64, device=dev, requires_grad=True)
+    (warm @ warm.T).exp().sum().backward()
+
+
 def _worker(method: str, b: int, d: int, c: int, chunk: int, device: str, repeats: int) -> dict:
     import torch
 
     torch.manual_seed(0)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    from pytorch_metric_learning.losses import ArcFaceLoss as PMLArcFaceLoss
+    _warm_up(dev)
+    _loss_class(method)
+    with PeakMemory(dev) as mem:
+        x = torch.randn(b, d, device=dev, requires_grad=True)
+        y = torch.randint(0, c, (b,), device=dev)
+        loss_fn, weight = build_loss(method, c, d, chunk, dev)
 
-    from metricface.losses import ArcFaceLoss, ArcFaceMargin, PartialFCLoss
+        def step() -> float:
+            x.grad = weight.grad = None
+            loss = loss_fn(x, y)
+            loss.backward()
+            return float(loss.detach())
 
-    # touch the allocator, thread pools and kernels once so the baseline excludes them
-    warm = torch.randn(64, 64, device=dev, requires_grad=True)
-    (warm @ warm.T).exp().sum().backward()
-    del warm
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_kib("VmRSS") * 1024
-        with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
-            fh.write("5")
+        times, loss = [], float("nan")
+        for i in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when timing repeats
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = step()
+            if cuda:
+                torch.cuda.synchronize()
+            if repeats == 1 or i > 0:
+                times.append(time.perf_counter() - t0)
+    return {"peak": mem.peak, "time": statistics.median(times), "loss": loss}
 
-    x = torch.randn(b, d, device=dev, requires_grad=True)
-    y = torch.randint(0, c, (b,), device=dev)
-    if method == "pml":
-        loss_fn = PMLArcFaceLoss(c, d, margin=math.degrees(0.5), scale=64.0).to(dev)
-        params = [loss_fn.W]
-    elif method == "dense":
-        loss_fn = ArcFaceLoss(c, d, margin=0.5, scale=64.0).to(dev)
-        params = [loss_fn.weight]
-    else:
-        loss_fn = PartialFCLoss(
-            c, d, margin=ArcFaceMargin(0.5), scale=64.0, chunk_size=chunk, device=dev
-        )
-        params = [loss_fn.weight]
-    # identical class centers on both sides, filled in blocks to add no temporary (C, D) copy
-    gen = torch.Generator(device=dev).manual_seed(1)
-    with torch.no_grad():
-        for start in range(0, c, 65536):
-            block = torch.randn(min(65536, c - start), d, device=dev, generator=gen)
-            if method == "pml":
-                params[0][:, start : start + len(block)] = block.T
-            else:
-                params[0][start : start + len(block)] = block
 
-    def step() -> float:
-        for p in (x, *params):
-            p.grad = None
-        loss = loss_fn(x, y)
-        loss.backward()
-        return float(loss.detach())
+def train_trial(method: str, b: int, d: int, c: int, chunk: int, device, steps: int = 2) -> dict:
+    """Train the class centers of ``method`` for ``steps`` steps, in this process.
 
-    times, loss = [], float("nan")
-    for i in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up when timing repeats
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = step()
-        if cuda:
-            torch.cuda.synchronize()
-        if repeats == 1 or i > 0:
+    A step is forward, backward and an SGD update with momentum 0.9 and weight decay (the
+    momentum buffer is the size of the centers; from the second step on it is held throughout).
+    Returns the peak memory of the whole trial (centers, gradient, momentum, every
+    intermediate; :class:`PeakMemory`) and the median step time. An allocation that does not
+    fit raises as it would in training (``torch.OutOfMemoryError`` on CUDA); everything the
+    trial allocated is released when it returns or raises.
+    """
+    import torch
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    _warm_up(dev)
+    _loss_class(method)
+    times = []
+    with PeakMemory(dev) as mem:
+        x = torch.randn(b, d, device=dev, requires_grad=True)
+        y = torch.randint(0, c, (b,), device=dev)
+        loss_fn, weight = build_loss(method, c, d, chunk, dev)
+        opt = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
+        for _ in range(steps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            x.grad = None
+            opt.zero_grad(set_to_none=True)
+            loss_fn(x, y).backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - t0)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _rss_kib("VmHWM") * 1024 - base
-    return {"peak": peak, "time": statistics.median(times), "loss": loss}
+    return {"peak": mem.peak, "time": statistics.median(times)}
 
 
 def _run(method, b, d, c, chunk, device, repeats) -> dict:
