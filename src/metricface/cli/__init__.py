@@ -23,7 +23,9 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 #: Tool name -> module of this package that implements it.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "align": "metricface.cli.align",
+}
 
 
 class CommandError(Exception):
