@@ -315,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.workers == 1 or len(todo) <= _CHUNK:
             for chunk in chunks():
-                record(_align_chunk(chunk, args.size, args.quality))
+                for item in chunk:  # one by one: an interruption counts every finished crop
+                    record(_align_chunk([item], args.size, args.quality))
         else:
             interrupted = _run_pool(chunks(), args, record)
     except KeyboardInterrupt:

@@ -310,9 +310,9 @@ def _warp(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Tensor:
     # the window of the source that any output sample reads (bilinear neighbours, plus a margin
     # for rounding): the rest is never converted to floating point
     corners = np.array([[0.0, size - 1.0, 0.0, size - 1.0], [0.0, 0.0, size - 1.0, size - 1.0]])
-    reach = inverse[:, :, :2] @ corners + inverse[:, :, 2:]  # (B, 2, 4)
-    lo = np.clip(np.floor(reach.min(axis=(0, 2))) - 2, 0, [w, h]).astype(int)
-    hi = np.clip(np.floor(reach.max(axis=(0, 2))) + 4, 0, [w, h]).astype(int)
+    reach = (inverse[:, :, :2] @ corners + inverse[:, :, 2:]).transpose(1, 0, 2).reshape(2, -1)
+    lo = np.clip(np.floor(reach.min(axis=1, initial=np.inf)) - 2, 0, [w, h]).astype(int)
+    hi = np.clip(np.floor(reach.max(axis=1, initial=-np.inf)) + 4, 0, [w, h]).astype(int)
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     if b == 0 or (hi <= lo).any():  # nothing of the image is in view
         out = torch.zeros((b, c, size, size), dtype=dtype, device=images.device)
