@@ -159,7 +159,9 @@ def _check_points(points: np.ndarray, name: str) -> None:
             fail(int(np.argmax(line)), "is degenerate: its points lie on one line")
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray, src_name: str, dst_name: str) -> np.ndarray:
+def _similarity(
+    src: np.ndarray, dst: np.ndarray, src_name: str, dst_name: str, check_dst: bool = True
+) -> np.ndarray:
     """Umeyama's least-squares similarity ``(..., 2, 3)`` from float64 point arrays."""
     n = src.shape[-2]
     if dst.shape[-2] != n:
@@ -177,7 +179,8 @@ def _similarity(src: np.ndarray, dst: np.ndarray, src_name: str, dst_name: str) 
             "do not broadcast"
         ) from None
     _check_points(src, src_name)
-    _check_points(dst, dst_name)
+    if check_dst:
+        _check_points(dst, dst_name)
     src = np.broadcast_to(src, (*batch, n, 2))
     dst = np.broadcast_to(dst, (*batch, n, 2))
 
@@ -304,7 +307,8 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
 def _warp(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Tensor:
     """Bilinear, zero-padded warp of ``(B, C, H, W)`` images (any strides) with ``grid_sample``.
 
-    ``inverse`` is ``(B, 2, 3)`` float64: output pixel -> source pixel.
+    ``inverse`` is ``(B, 2, 3)`` float64: output pixel -> source pixel. Returns float32 (float64
+    for float64 images) ``(B, C, size, size)``.
     """
     b, c, h, w = images.shape
     # the window of the source that any output sample reads (bilinear neighbours, plus a margin
@@ -332,9 +336,14 @@ def _warp(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Tensor:
         out = F.grid_sample(
             window.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
-    if images.dtype == torch.uint8:
+    return out
+
+
+def _cast(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The warp's floating result in ``dtype``; uint8 is rounded to nearest (ties to even)."""
+    if dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
-    return out.to(images.dtype)
+    return out.to(dtype)
 
 
 def _template(template: object, size: int) -> np.ndarray:
@@ -416,9 +425,10 @@ def align_face(image: Any, landmarks: Any, size: int = 112, template: Any = None
             f"landmarks must have shape {expected} for an image of shape {_shape(image)}, got "
             f"{points.shape}"
         )
-    inverse = _inverse(_similarity(points, tmpl, "landmarks", "template"))
-    out = _warp(batch, inverse.reshape(-1, 2, 3), size)
+    fit = _similarity(points, tmpl, "landmarks", "template", check_dst=template is not None)
+    out = _warp(batch, _inverse(fit).reshape(-1, 2, 3), size)
     if isinstance(image, torch.Tensor):
+        out = _cast(out, image.dtype)
         return out[0] if single else out
     return restore(out[0])
 
@@ -451,11 +461,11 @@ def _image_as_batch(image: Any) -> tuple[torch.Tensor, Any]:
         kept = image if image.mode in ("L", "LA", "RGB", "RGBA") else image.convert("RGB")
         array = np.array(kept)
     squeeze = array.ndim == 2
-    hwc = array[..., None] if squeeze else array
+    view = torch.from_numpy(array[..., None] if squeeze else array)
 
     def restore(chw: torch.Tensor) -> Any:
-        out = chw.permute(1, 2, 0).numpy()
-        out = np.ascontiguousarray(out[..., 0] if squeeze else out)
+        out = _cast(chw.permute(1, 2, 0).contiguous(), view.dtype).numpy()
+        out = out[..., 0] if squeeze else out
         return out if isinstance(image, np.ndarray) else Image.fromarray(out)
 
-    return torch.from_numpy(hwc).permute(2, 0, 1)[None], restore
+    return view.permute(2, 0, 1)[None], restore
