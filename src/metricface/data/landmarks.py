@@ -50,21 +50,23 @@ def _fast(
     path: str | os.PathLike[str], delimiter: str | None, skiprows: int, width: int
 ) -> tuple[list[str], np.ndarray] | None:
     """Names and numbers read by NumPy's C parser; ``None`` if the file has any problem."""
-    common = dict(delimiter=delimiter, skiprows=skiprows, comments=None, encoding="utf-8-sig")
+    options: dict = dict(delimiter=delimiter, skiprows=skiprows, comments=None)
     if delimiter is not None:
-        common["quotechar"] = '"'
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            values = np.loadtxt(path, usecols=range(1, width), ndmin=2, **common)
-            names = np.loadtxt(path, usecols=0, dtype=str, ndmin=1, **common).tolist()
-    except ValueError:
-        return None
-    if not np.isfinite(values).all() or len(set(names)) != len(names):
-        return None
-    # ``usecols`` ignores extra fields: every row has at least ``width`` fields here, so the
-    # total count says whether any has more (a name with a quoted comma also goes the slow way)
+        options["quotechar"] = '"'
     with open(path, encoding="utf-8-sig") as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+                values = np.loadtxt(f, usecols=range(1, width), ndmin=2, **options)
+                f.seek(0)
+                names = np.loadtxt(f, usecols=0, dtype=str, ndmin=1, **options).tolist()
+        except ValueError:
+            return None
+        if not np.isfinite(values).all() or len(set(names)) != len(names):
+            return None
+        # ``usecols`` ignores extra fields: every row has at least ``width`` fields here, so the
+        # total count says whether any has more (a name with a quoted comma also goes the slow way)
+        f.seek(0)
         if delimiter is None:
             fields = sum(len(line.split()) for line in f)
         else:
@@ -138,12 +140,15 @@ def read_vggface2_landmarks(path: str | os.PathLike[str]) -> LandmarkTable:
 
     Examples
     --------
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from metricface.data import read_vggface2_landmarks
-    >>> _ = Path("landmarks.csv").write_text(
+    >>> path = Path(tempfile.mkdtemp()) / "loose_landmark_train.csv"
+    >>> _ = path.write_text(
     ...     '"NAME_ID","P1X","P1Y","P2X","P2Y","P3X","P3Y","P4X","P4Y","P5X","P5Y"\\n'
     ...     '"n000002/0001_01",75.81,110.2,103.18,104.61,90.07,126.69,80.43,146.64,104.87,142.88\\n'
     ... )
-    >>> table = read_vggface2_landmarks("landmarks.csv")
+    >>> table = read_vggface2_landmarks(path)
     >>> table.names, table.points.shape, table.points[0, 2]
     (['n000002/0001_01'], (1, 5, 2), array([ 90.07, 126.69], dtype=float32))
     """
@@ -195,11 +200,14 @@ def read_ijb_landmarks(path: str | os.PathLike[str]) -> LandmarkTable:
 
     Examples
     --------
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from metricface.data import read_ijb_landmarks
-    >>> _ = Path("ijbc_name_5pts_score.txt").write_text(
+    >>> path = Path(tempfile.mkdtemp()) / "ijbc_name_5pts_score.txt"
+    >>> _ = path.write_text(
     ...     "1.jpg 46.06 62.03 87.79 60.32 68.85 77.66 52.16 99.80 83.44 98.43 0.999\\n"
     ... )
-    >>> table = read_ijb_landmarks("ijbc_name_5pts_score.txt")
+    >>> table = read_ijb_landmarks(path)
     >>> table.names, table.points.shape, table.scores
     (['1.jpg'], (1, 5, 2), array([0.999], dtype=float32))
     """

@@ -1,0 +1,249 @@
+"""Face alignment throughput: metricface's align_face against a per-image PIL affine warp.
+
+Source images are ``--image-size`` square uint8 RGB photos (VGGFace2's loose crops are a few
+hundred pixels a side) with the face at a random similarity (scale 1.6-2.4, rotation +-25
+degrees) of the 112x112 template, the crop entirely inside the photo. Every case includes the
+similarity fit from the 5 landmarks, as a user pays it.
+
+Cases, each timed over the same ``--images`` photos (best of ``--repeats`` passes):
+
+* ``single numpy``: ``align_face((H, W, 3) array, landmarks)``, one image per call;
+* ``single PIL``: ``align_face(PIL image, landmarks)``;
+* ``JPEG decode + align + encode``: the work of ``python -m metricface align`` per file (from
+  and to bytes in memory, quality 95);
+* ``batch tensor``: ``align_face((B, 3, H, W) tensor, (B, 5, 2))``, ``--batch`` images per call,
+  on ``--device``;
+* ``estimate only``: ``estimate_similarity`` on all landmark sets at once.
+
+The peer, in the same run: the similarity fitted with ``numpy.linalg.lstsq`` (the 4-parameter
+linear least squares, per image) and ``PIL.Image.transform(..., Image.AFFINE, ..., BILINEAR)``
+with the pixel-centre conversion, per image; for ``estimate only``, the same ``lstsq`` fit in a
+loop. OpenCV (``estimateAffinePartial2D`` + ``warpAffine``) and scikit-image
+(``SimilarityTransform`` + ``warp``) are added when they are importable. The ``agreement``
+column compares the crops with ours (PIL's bilinear filter truncates instead of rounding, so its
+crops are on average half a grey level darker).
+
+    python benchmarks/bench_align.py [--device cpu|cuda] [--images 400] [--batch 256] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metricface.data import ARCFACE_TEMPLATE, align_face, estimate_similarity
+
+
+def make_photos(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, size, size, 3)`` uint8 photos and ``(n, 5, 2)`` landmarks of a face in each."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8)
+    photos = np.stack(
+        [np.asarray(Image.fromarray(s).resize((size, size), Image.BICUBIC)) for s in small]
+    )
+    photos = np.clip(photos.astype(np.int16) + rng.integers(-12, 13, photos.shape), 0, 255)
+    landmarks = []
+    for _ in range(n):
+        scale, angle = rng.uniform(1.6, 2.4), rng.uniform(-0.44, 0.44)
+        c, s = scale * math.cos(angle), scale * math.sin(angle)
+        centred = (ARCFACE_TEMPLATE - 55.5) @ np.array([[c, s], [-s, c]])
+        reach = 55.5 * scale * math.sqrt(2)  # the crop's corners stay inside the photo
+        centre = rng.uniform(reach, size - 1 - reach, 2) if size - 1 > 2 * reach else size / 2
+        landmarks.append(centred + centre)
+    return photos.astype(np.uint8), np.array(landmarks)
+
+
+def lstsq_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    x, y = src[:, 0], src[:, 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    design = np.empty((10, 4))
+    design[0::2] = np.stack([x, -y, one, zero], axis=1)
+    design[1::2] = np.stack([y, x, zero, one], axis=1)
+    a, b, tx, ty = np.linalg.lstsq(design, dst.reshape(-1), rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def pil_align(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Image.Image:
+    """The peer: lstsq fit + PIL's affine warp (PIL maps output to input in corner coordinates)."""
+    m = lstsq_similarity(landmarks, ARCFACE_TEMPLATE * 1.0)
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    shift = inv[:, 2] + 0.5 - inv[:, :2] @ [0.5, 0.5]  # pixel centres -> PIL's pixel corners
+    data = (inv[0, 0], inv[0, 1], shift[0], inv[1, 0], inv[1, 1], shift[1])
+    return image.transform((size, size), Image.AFFINE, data, resample=Image.BILINEAR)
+
+
+def optional_peers() -> dict:
+    peers = {}
+    try:
+        import cv2
+
+        def cv2_align(array, landmarks):
+            m, _ = cv2.estimateAffinePartial2D(landmarks, ARCFACE_TEMPLATE, method=cv2.LMEDS)
+            return cv2.warpAffine(array, m, (112, 112), borderValue=0.0)
+
+        peers["OpenCV"] = cv2_align
+    except ImportError:
+        pass
+    try:
+        from skimage.transform import SimilarityTransform, warp
+
+        def skimage_align(array, landmarks):
+            tform = SimilarityTransform()
+            tform.estimate(landmarks, ARCFACE_TEMPLATE)
+            out = warp(array, tform.inverse, output_shape=(112, 112), order=1, preserve_range=True)
+            return out.round().astype(np.uint8)
+
+        peers["scikit-image"] = skimage_align
+    except ImportError:
+        pass
+    return peers
+
+
+def best(fn, repeats: int) -> tuple[float, float]:
+    """Best wall-clock and process-CPU seconds of ``fn()`` over ``repeats`` calls."""
+    wall, cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall = min(wall, time.perf_counter() - w0)
+        cpu = min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def agreement(ours: list[np.ndarray], peer: list[np.ndarray]) -> str:
+    diff = np.concatenate([(p.astype(np.int16) - o).ravel() for o, p in zip(ours, peer)])
+    return f"peer-ours mean {diff.mean():+.2f}, |diff|<=1: {100 * (np.abs(diff) <= 1).mean():.1f}%"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--images", type=int, default=400)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    p.add_argument("--quick", action="store_true", help="60 images, batch 32, 1 repeat")
+    args = p.parse_args()
+    if args.quick:
+        args.images, args.batch, args.repeats = 60, 32, 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available")
+    torch.set_num_threads(args.threads)
+
+    photos, landmarks = make_photos(args.images, args.image_size)
+    pils = [Image.fromarray(a) for a in photos]
+    w0 = time.perf_counter()
+    align_face(photos[0], landmarks[0])
+    first = time.perf_counter() - w0
+    print(
+        f"torch {torch.__version__}, {args.images} photos {args.image_size}x{args.image_size}, "
+        f"device {args.device}, {args.threads} torch thread(s); first align_face call "
+        f"{1000 * first:.1f} ms (included nowhere below)"
+    )
+    print(
+        "| case | metricface img/s | peer | peer img/s | ratio (our time / peer's) | CPU-time ratio | agreement |"
+    )
+    print("|---|---|---|---|---|---|---|")
+
+    def row(case, ours_fn, peer_name, peer_fn, n, note=""):
+        ow, oc = best(ours_fn, args.repeats)
+        pw, pc = best(peer_fn, args.repeats)
+        print(
+            f"| {case} | {n / ow:,.0f} | {peer_name} | {n / pw:,.0f} | {ow / pw:.2f} | "
+            f"{oc / pc:.2f} | {note} |",
+            flush=True,
+        )
+
+    ours_crops = [align_face(a, lm) for a, lm in zip(photos, landmarks)]
+    peer_crops = [np.asarray(pil_align(im, lm)) for im, lm in zip(pils, landmarks)]
+    row(
+        "single numpy (H, W, 3)",
+        lambda: [align_face(a, lm) for a, lm in zip(photos, landmarks)],
+        "PIL transform",
+        lambda: [np.asarray(pil_align(Image.fromarray(a), lm)) for a, lm in zip(photos, landmarks)],
+        args.images,
+        agreement(ours_crops, peer_crops),
+    )
+    row(
+        "single PIL image",
+        lambda: [align_face(im, lm) for im, lm in zip(pils, landmarks)],
+        "PIL transform",
+        lambda: [pil_align(im, lm) for im, lm in zip(pils, landmarks)],
+        args.images,
+    )
+    for name, fn in optional_peers().items():
+        peer = [fn(a, lm) for a, lm in zip(photos, landmarks)]
+        row(
+            "single numpy (H, W, 3)",
+            lambda: [align_face(a, lm) for a, lm in zip(photos, landmarks)],
+            name,
+            lambda fn=fn: [fn(a, lm) for a, lm in zip(photos, landmarks)],
+            args.images,
+            agreement(ours_crops, peer),
+        )
+
+    jpegs = []
+    for a in photos:
+        buffer = io.BytesIO()
+        Image.fromarray(a).save(buffer, format="JPEG", quality=95)
+        jpegs.append(buffer.getvalue())
+
+    def ours_file(data: bytes, points: np.ndarray) -> bytes:  # what the align tool does per file
+        with Image.open(io.BytesIO(data)) as image:
+            crop = align_face(np.asarray(image.convert("RGB")), points)
+        out = io.BytesIO()
+        Image.fromarray(crop).save(out, format="JPEG", quality=95)
+        return out.getvalue()
+
+    def peer_file(data: bytes, points: np.ndarray) -> bytes:
+        with Image.open(io.BytesIO(data)) as image:
+            crop = pil_align(image.convert("RGB"), points)
+        out = io.BytesIO()
+        crop.save(out, format="JPEG", quality=95)
+        return out.getvalue()
+
+    row(
+        "JPEG decode + align + encode",
+        lambda: [ours_file(j, lm) for j, lm in zip(jpegs, landmarks)],
+        "PIL",
+        lambda: [peer_file(j, lm) for j, lm in zip(jpegs, landmarks)],
+        args.images,
+    )
+
+    device = torch.device(args.device)
+    tensor = torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous().to(device)
+    points = torch.from_numpy(landmarks).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def batched():
+        for i in range(0, args.images, args.batch):
+            align_face(tensor[i : i + args.batch], points[i : i + args.batch])
+        sync()
+
+    batched()  # warm-up
+    row(
+        f"batch tensor B={args.batch} ({args.device})",
+        batched,
+        "PIL transform",
+        lambda: [pil_align(im, lm) for im, lm in zip(pils, landmarks)],
+        args.images,
+    )
+    many = np.concatenate([landmarks] * max(1, 20_000 // args.images))
+    row(
+        f"estimate only, {len(many):,} sets",
+        lambda: estimate_similarity(many, ARCFACE_TEMPLATE),
+        "lstsq loop",
+        lambda: [lstsq_similarity(lm, ARCFACE_TEMPLATE) for lm in many],
+        len(many),
+    )
+
+
+if __name__ == "__main__":
+    main()
