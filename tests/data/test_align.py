@@ -424,6 +424,20 @@ def test_a_batch_agrees_with_the_images_warped_one_by_one(dtype, device):
     assert (batch[-1, :, -10:, -10:] == 0).all()  # the zero border
 
 
+def test_a_cpu_batch_is_warped_in_chunks_that_keep_each_images_landmarks():
+    rng = np.random.default_rng(8)
+    images = torch.from_numpy(rng.integers(0, 256, (19, 3, 60, 70), dtype=np.uint8))
+    mats = [
+        similarity(rng.uniform(-1, 1), rng.uniform(1.5, 3), *rng.uniform(-60, 0, 2))
+        for _ in range(19)
+    ]
+    landmarks = np.stack([landmarks_for(m) for m in mats])
+    batch = align_face(images, landmarks)
+    for image, points, crop in zip(images, landmarks, batch):
+        diff = (crop.int() - align_face(image[None], points[None])[0].int()).abs()
+        assert diff.max() <= 1 and (diff == 0).double().mean() > 0.99
+
+
 def test_a_face_out_of_view_gives_black_and_an_empty_batch_gives_an_empty_batch():
     image = torch.full((3, 50, 50), 200, dtype=torch.uint8)
     far = face_template() + 1000
