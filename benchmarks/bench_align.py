@@ -14,12 +14,15 @@ Cases, each timed over the same ``--images`` photos (best of ``--repeats`` passe
   and to bytes in memory, quality 95);
 * ``batch tensor``: ``align_face((B, 3, H, W) tensor, (B, 5, 2))``, ``--batch`` images per call,
   on ``--device``;
-* ``estimate only``: ``estimate_similarity`` on all landmark sets at once.
+* ``estimate only``: ``estimate_similarity`` on all landmark sets at once;
+* ``read landmark CSV``: ``read_vggface2_landmarks`` on a generated file of ``--csv-rows`` rows
+  in VGGFace2's layout (3.1 million in the real training file), timed once, with its peak memory.
 
 The peer, in the same run: the similarity fitted with ``numpy.linalg.lstsq`` (the 4-parameter
 linear least squares, per image) and ``PIL.Image.transform(..., Image.AFFINE, ..., BILINEAR)``
 with the pixel-centre conversion, per image; for ``estimate only``, the same ``lstsq`` fit in a
-loop. OpenCV (``estimateAffinePartial2D`` + ``warpAffine``) and scikit-image
+loop; for the CSV, the ``csv`` module with ``float()`` per field (each in its own process for the
+memory figure). OpenCV (``estimateAffinePartial2D`` + ``warpAffine``) and scikit-image
 (``SimilarityTransform`` + ``warp``) are added when they are importable. The ``agreement``
 column compares the crops with ours on the pixels whose sample lies at least one pixel inside
 the photo (beyond, PIL repeats the edge pixel where ours blends with black); PIL's bilinear
@@ -31,15 +34,25 @@ filter truncates instead of rounding, so its crops are on average half a grey le
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import math
+import multiprocessing
+import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from metricface.data import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from metricface.data import (
+    ARCFACE_TEMPLATE,
+    align_face,
+    estimate_similarity,
+    read_vggface2_landmarks,
+)
 
 
 def make_photos(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +149,60 @@ def agreement(ours, peer, landmarks, image_size: int) -> str:
     return f"peer-ours mean {diff.mean():+.2f}, in {{-1, 0}}: {100 * np.isin(diff, (-1, 0)).mean():.2f}%"
 
 
+def write_csv(path: Path, rows: int) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        f.write('"NAME_ID","P1X","P1Y","P2X","P2Y","P3X","P3Y","P4X","P4Y","P5X","P5Y"\n')
+        for start in range(0, rows, 100_000):
+            values = rng.uniform(0, 300, (min(100_000, rows - start), 10))
+            f.writelines(
+                f'"n{(start + i) // 360:06d}/{(start + i) % 360:04d}_01",'
+                + ",".join(f"{v:.5g}" for v in row)
+                + "\n"
+                for i, row in enumerate(values)
+            )
+
+
+def csv_module_reader(path: Path):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        names, points = [], []
+        for row in reader:
+            names.append(row[0])
+            points.append([float(v) for v in row[1:]])
+    return names, np.array(points, np.float32).reshape(-1, 5, 2)
+
+
+def _memory_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MB (Linux; ru_maxrss elsewhere,
+    which a spawned child may inherit from its parent)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_read(which: str, path: str, queue) -> None:
+    before = _memory_mb("VmRSS")
+    start = time.perf_counter()
+    n = len((read_vggface2_landmarks if which == "ours" else csv_module_reader)(Path(path))[0])
+    queue.put((time.perf_counter() - start, _memory_mb("VmHWM") - before, n))
+
+
+def read_in_process(which: str, path: Path) -> tuple[float, float, int]:
+    """Seconds, peak resident-memory growth (MB) and rows of one read in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_timed_read, args=(which, str(path), queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -144,10 +211,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    p.add_argument("--csv-rows", type=int, default=200_000, help="rows of the landmark CSV case")
     p.add_argument("--quick", action="store_true", help="60 images, batch 32, 1 repeat")
     args = p.parse_args()
     if args.quick:
-        args.images, args.batch, args.repeats = 60, 32, 1
+        args.images, args.batch, args.repeats, args.csv_rows = 60, 32, 1, 20_000
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
     torch.set_num_threads(args.threads)
@@ -256,6 +324,17 @@ def main() -> None:
         lambda: [lstsq_similarity(lm, ARCFACE_TEMPLATE) for lm in many],
         len(many),
     )
+    if args.csv_rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "loose_landmark_train.csv"
+            write_csv(path, args.csv_rows)
+            ours_s, ours_mb, n = read_in_process("ours", path)
+            peer_s, peer_mb, _ = read_in_process("peer", path)
+        print(
+            f"| read landmark CSV, {n:,} rows | {n / ours_s:,.0f} rows/s ({ours_mb:,.0f} MB) | "
+            f"csv module | {n / peer_s:,.0f} rows/s ({peer_mb:,.0f} MB) | {ours_s / peer_s:.2f} | "
+            f"- | {ours_s:.1f} s vs {peer_s:.1f} s, one read each |"
+        )
 
 
 if __name__ == "__main__":
