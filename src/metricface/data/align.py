@@ -39,7 +39,7 @@ some tools do, shifts the crop by ``(size / 112 - 1) / 2`` pixels: half a pixel 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,8 +82,6 @@ _COLLINEAR_TOL = 1e-5
 # a CPU batch is warped this many images at a time: each converts only its own window to
 # floating point, which stays in cache (a whole batch of 256x256 photos is 200 MB of float32)
 _CPU_CHUNK = 8
-
-PointsLike = TypeVar("PointsLike", np.ndarray, torch.Tensor)
 
 
 def face_template(size: int = 112) -> np.ndarray:
@@ -209,7 +207,9 @@ def _like(array: np.ndarray, like: torch.Tensor | None) -> Any:
     return array if like is None else torch.from_numpy(np.ascontiguousarray(array)).to(like.device)
 
 
-def estimate_similarity(src: PointsLike, dst: PointsLike) -> PointsLike:
+def estimate_similarity(
+    src: np.ndarray | torch.Tensor, dst: np.ndarray | torch.Tensor
+) -> np.ndarray | torch.Tensor:
     """Least-squares similarity transform (rotation, uniform scale, translation) from src to dst.
 
     Minimises ``sum_i |s R src_i + t - dst_i|^2`` over rotations ``R`` (proper: no reflection),
@@ -274,7 +274,7 @@ def _reduce(points: Any, name: str) -> Any:
     return np.stack(eyes + rest, axis=-2)
 
 
-def reduce_landmarks(points: PointsLike) -> PointsLike:
+def reduce_landmarks(points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Reduce iBUG 68-point landmarks to the 5 points of the ArcFace template.
 
     Eye centres are the means of the eye corners, points 36/39 and 42/45 (0-based); the nose tip
