@@ -144,7 +144,6 @@ def test_an_interrupted_run_leaves_no_partial_file_and_resumes(raw_tree, capsys,
     assert found["written"] == 0 and found["skipped (already done)"] == 5
 
 
-@pytest.mark.slow
 def test_worker_processes_write_the_same_crops(tmp_path, capsys):
     rng = np.random.default_rng(1)
     raw = tmp_path / "raw"

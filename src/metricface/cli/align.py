@@ -311,9 +311,12 @@ def run(args: argparse.Namespace) -> int:
                 failed.append((Path(src_path).relative_to(src).as_posix(), error))
         progress.update(len(results))
 
-    interrupted = False
+    import torch
+
+    interrupted, threads = False, torch.get_num_threads()
     try:
         if args.workers == 1 or len(todo) <= _CHUNK:
+            torch.set_num_threads(1)  # one small image at a time: threads only cost here
             for chunk in chunks():
                 for item in chunk:  # one by one: an interruption counts every finished crop
                     record(_align_chunk([item], args.size, args.quality))
@@ -322,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        torch.set_num_threads(threads)
         progress.close()
 
     if interrupted:
