@@ -21,6 +21,15 @@ from metricface.data import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Many tiny warps: one thread is fastest, and threads of a loaded machine stall each call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------- references
 def similarity(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:
     c, s = scale * math.cos(angle), scale * math.sin(angle)
