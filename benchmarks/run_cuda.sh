@@ -36,7 +36,7 @@
 #   --wheels DIR       a folder of wheels to install missing packages from, offline
 #   --stall PART       testing the limits: PART writes one row, then waits until it is stopped
 #
-# Full mode: every CUDA benchmark command recorded in benchmarks/RESULTS.md (25.3 minutes at
+# Full mode: every CUDA benchmark command recorded in benchmarks/RESULTS.md (26.8 minutes at
 # most, after `pip install -e ".[dev]"`):
 #
 #     bash benchmarks/run_cuda.sh OUTDIR [STEP ...]
@@ -48,13 +48,13 @@
 #
 #     tests 100  metrics 110  search 80  margin 150                  (group 1: at most 7.4 min)
 #     backbones 160  backbones_compile 220  miners 190                 (group 2: at most 9.5 min)
-#     partial_fc_1m 120  partial_fc_10m 210  training 180              (group 3: at most 8.5 min)
+#     partial_fc_1m 120  partial_fc_10m 210  training 180  align 90    (group 3: at most 10 min)
 #
 # so a runner that allows 10 minutes per command can run the three groups one after another:
 #
 #     bash benchmarks/run_cuda.sh out tests metrics search margin
 #     bash benchmarks/run_cuda.sh out backbones backbones_compile miners
-#     bash benchmarks/run_cuda.sh out partial_fc_1m partial_fc_10m training
+#     bash benchmarks/run_cuda.sh out partial_fc_1m partial_fc_10m training align
 #
 # torch.compile costs a minute or more per network and batch size, so the backbones run eager
 # for all three networks and compiled only for the MFU target (iresnet50, batch 256).
@@ -257,7 +257,7 @@ if [ -n "$STALL$WHEELS" ] || [ ${#OVERRIDE[@]} != 0 ]; then
 fi
 declare -A LIMIT CMD
 ORDER=(tests metrics search margin backbones backbones_compile miners partial_fc_1m partial_fc_10m
-    training)
+    training align)
 LIMIT[tests]=100
 CMD[tests]="$PY -m pytest -m cuda -q -p no:cacheprovider"
 LIMIT[metrics]=110
@@ -278,6 +278,8 @@ LIMIT[partial_fc_10m]=210
 CMD[partial_fc_10m]="$PY benchmarks/bench_partial_fc.py --device cuda --classes 10000000"
 LIMIT[training]=180
 CMD[training]="$PY benchmarks/bench_training.py --device cuda --backbone iresnet50 --width 1 --embedding-dim 512 --image-size 112 --batch-size 256 --workers 8 --amp bf16 --channels-last --steps 100"
+LIMIT[align]=90
+CMD[align]="$PY benchmarks/bench_align.py --device cuda --images 4096 --batch 512 --csv-rows 0"
 
 if [ $# -gt 0 ]; then
     STEPS=("$@")

@@ -26,6 +26,7 @@ __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 COMMANDS: dict[str, str] = {
     "pack-rec": "metricface.cli.records",
     "unpack-rec": "metricface.cli.records",
+    "align": "metricface.cli.align",
 }
 
 

@@ -1,5 +1,12 @@
 """Datasets: identity folders, RecordIO packs, pair lists, synthetic faces, transform presets."""
 
+from metricface.data.align import (
+    ARCFACE_TEMPLATE,
+    align_face,
+    estimate_similarity,
+    face_template,
+    reduce_landmarks,
+)
 from metricface.data.folder import (
     IMAGE_EXTENSIONS,
     IdentityFolder,
@@ -7,6 +14,11 @@ from metricface.data.folder import (
     decode_image_file,
 )
 from metricface.data.hf import HFFaceDataset
+from metricface.data.landmarks import (
+    LandmarkTable,
+    read_ijb_landmarks,
+    read_vggface2_landmarks,
+)
 from metricface.data.pairs import (
     PairList,
     PairListDataset,
@@ -28,6 +40,7 @@ from metricface.data.transforms import (
 )
 
 __all__ = [
+    "ARCFACE_TEMPLATE",
     "DISTORTIONS",
     "FACE_MEAN",
     "FACE_STD",
@@ -37,14 +50,21 @@ __all__ = [
     "HFFaceDataset",
     "IdentityFolder",
     "ImageDecodeError",
+    "LandmarkTable",
     "PairList",
     "PairListDataset",
     "RecordFaces",
     "SyntheticFaces",
+    "align_face",
     "decode_image_file",
+    "estimate_similarity",
     "eval_transform",
+    "face_template",
+    "read_ijb_landmarks",
     "read_lfw_pairs",
     "read_pairs_csv",
+    "read_vggface2_landmarks",
+    "reduce_landmarks",
     "train_transform",
     "write_lfw_pairs",
     "write_pairs_csv",
