@@ -1,4 +1,5 @@
-"""Datasets: identity folders, pair lists, built-in synthetic faces and transform presets."""
+"""Datasets: identity folders, pair lists, verification ``.bin`` sets, IJB-B/C protocol files,
+built-in synthetic faces and transform presets."""
 
 from metricface.data.folder import (
     IMAGE_EXTENSIONS,
@@ -7,6 +8,16 @@ from metricface.data.folder import (
     decode_image_file,
 )
 from metricface.data.hf import HFFaceDataset
+from metricface.data.ijb import (
+    IJBMedia,
+    IJBMeta,
+    IJBPairs,
+    IJBSubjects,
+    load_ijb_meta,
+    read_ijb_media,
+    read_ijb_pairs,
+    read_ijb_subjects,
+)
 from metricface.data.pairs import (
     PairList,
     PairListDataset,
@@ -25,6 +36,7 @@ from metricface.data.transforms import (
     eval_transform,
     train_transform,
 )
+from metricface.data.verification_bin import VerificationBin, load_verification_bin
 
 __all__ = [
     "DISTORTIONS",
@@ -34,13 +46,23 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "HFFaceDataset",
+    "IJBMedia",
+    "IJBMeta",
+    "IJBPairs",
+    "IJBSubjects",
     "IdentityFolder",
     "ImageDecodeError",
     "PairList",
     "PairListDataset",
     "SyntheticFaces",
+    "VerificationBin",
     "decode_image_file",
     "eval_transform",
+    "load_ijb_meta",
+    "load_verification_bin",
+    "read_ijb_media",
+    "read_ijb_pairs",
+    "read_ijb_subjects",
     "read_lfw_pairs",
     "read_pairs_csv",
     "train_transform",
