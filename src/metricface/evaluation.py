@@ -231,7 +231,8 @@ class VerificationSets:
     >>> for i in range(20):                        # 20 pairs: even ones genuine
     ...     other = colours[i] if i % 2 == 0 else colours[(i + 7) % 20]
     ...     bins += [png(colours[i]), png(other)]
-    >>> path = os.path.join(tempfile.mkdtemp(), "toy.bin")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "toy.bin")
     >>> with open(path, "wb") as f:
     ...     pickle.dump((bins, [i % 2 == 0 for i in range(20)]), f, protocol=4)
     >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # colour
@@ -242,6 +243,7 @@ class VerificationSets:
     >>> print(table.format())
     set  pairs    accuracy (%)  EER (%)  TAR@FAR=0.1 (%)  threshold
     toy     20  100.00 +- 0.00     0.00           100.00     0.9652
+    >>> tmp.cleanup()
     """
 
     def __init__(

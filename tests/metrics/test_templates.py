@@ -115,7 +115,7 @@ def gallery_probe_pairs(n_pairs, n_gallery=30, n_probe=200, seed=0):
     return feats, ids, t1, t2
 
 
-@pytest.mark.parametrize("chunk_size", [1 << 24, 1000, 1])
+@pytest.mark.parametrize("chunk_size", [1 << 24, 1000, 1])  # 1, 6 or 30 blocks (one scan each)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_pair_scores_dense_blocks_match_a_direct_loop(chunk_size, dtype):
     feats, ids, t1, t2 = gallery_probe_pairs(3000)  # 30 x 200 blocks for 3000 pairs: dense
@@ -123,6 +123,16 @@ def test_pair_scores_dense_blocks_match_a_direct_loop(chunk_size, dtype):
     assert scores.dtype == dtype and scores.shape == (3000,)
     atol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(scores, reference_scores(feats, ids, t1, t2), atol=atol)
+
+
+def test_pair_scores_many_blocks_and_sparse_ids_match_a_direct_loop():
+    feats, ids, t1, t2 = gallery_probe_pairs(3000, n_gallery=45, seed=5)  # 45 blocks: sorted
+    ids = ids * 10**9 + 17  # ids spread too far for a lookup table: binary search
+    t1, t2 = t1 * 10**9 + 17, t2 * 10**9 + 17
+    scores = template_pair_scores(feats, ids, t1, t2, chunk_size=200)
+    np.testing.assert_allclose(scores, reference_scores(feats, ids, t1, t2), atol=1e-12)
+    with pytest.raises(ValueError, match=r"t1 names template 5 \(entry 0\)"):
+        template_pair_scores(feats, ids, np.r_[5, t1[1:]], t2)
 
 
 @pytest.mark.parametrize("chunk_size", [1 << 24, 50])
@@ -142,11 +152,16 @@ def test_pair_scores_with_ids_in_any_order_and_unnormalised_rows():
     np.testing.assert_allclose(scores, reference_scores(feats, ids, t1, t2), atol=1e-12)
 
 
-def test_pair_naming_an_absent_template_is_named():
+@pytest.mark.parametrize("where", ["beyond the ids", "between the ids"])
+def test_pair_naming_an_absent_template_is_named(where):
     feats, ids, t1, t2 = gallery_probe_pairs(10)
+    absent = 123_456 if where == "beyond the ids" else int(np.setdiff1d(np.arange(10_000), ids)[5])
     t2 = t2.copy()
-    t2[7] = 123_456
-    with pytest.raises(ValueError, match=r"t2 names template 123456 \(entry 7\), which has no"):
+    t2[7] = absent
+    with pytest.raises(
+        ValueError,
+        match=rf"t2 names template {absent} \(entry 7\), which is not in unique_templates",
+    ):
         template_pair_scores(feats, ids, t1, t2)
 
 
@@ -338,7 +353,7 @@ def test_report_defaults_and_resolution_flags():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"pairs": ([1], [2], [1])}, "pairs t1 names template 1"),
+        ({"pairs": ([1], [2], [1])}, r"pairs t1 names template 1 \(entry 0\), which has no image"),
         ({"pairs": "pairs"}, "pairs must be a"),
         ({"galleries": {"G1": ([1000], [500])}}, "galleries and probes must be given together"),
         ({"probes": ([1000], [500])}, "galleries and probes must be given together"),

@@ -3,8 +3,8 @@
 IJB-B and IJB-C compare *templates*: sets of face images (stills and video frames) of one
 person. The evaluation package most face-recognition work uses (InsightFace's ``IJB_release``:
 ``IJBB/`` and ``IJBC/``, each with ``loose_crop/`` images and a ``meta/`` folder) describes the
-protocols in these files, all read here with NumPy's C parser (no per-line Python), so that the
-15.7 million pairs of IJB-C load in a few seconds:
+protocols in these files, all read here with NumPy's C parser (``np.loadtxt``, no per-line
+Python), so that the 15.7 million pairs of IJB-C load in a few seconds:
 
 ``<target>_face_tid_mid.txt`` (:func:`read_ijb_media`)
     One line per face image, whitespace separated: image file name, template id, media id
@@ -51,17 +51,7 @@ __all__ = [
 
 
 class IJBMedia(NamedTuple):
-    """Images of the templates (:func:`read_ijb_media`), one entry per line of the file.
-
-    Attributes
-    ----------
-    names : numpy.ndarray, shape (N,), str
-        Image file names (relative to the ``loose_crop/`` folder).
-    templates : numpy.ndarray, shape (N,), int64
-        Template id of each image.
-    medias : numpy.ndarray, shape (N,), int64
-        Media id of each image (a still or a video; frames of one video share it).
-    """
+    """Images of the templates (:func:`read_ijb_media`), one entry per line of the file."""
 
     names: np.ndarray
     templates: np.ndarray
@@ -69,15 +59,7 @@ class IJBMedia(NamedTuple):
 
 
 class IJBPairs(NamedTuple):
-    """1:1 verification pairs of templates (:func:`read_ijb_pairs`).
-
-    Attributes
-    ----------
-    t1, t2 : numpy.ndarray, shape (P,), int64
-        Template ids of the two sides of each pair.
-    labels : numpy.ndarray, shape (P,), bool
-        ``True`` for a genuine pair (same subject).
-    """
+    """1:1 verification pairs of templates (:func:`read_ijb_pairs`)."""
 
     t1: np.ndarray
     t2: np.ndarray
@@ -85,18 +67,41 @@ class IJBPairs(NamedTuple):
 
 
 class IJBSubjects(NamedTuple):
-    """Templates of a 1:N gallery or probe set and their subjects (:func:`read_ijb_subjects`).
-
-    Attributes
-    ----------
-    templates : numpy.ndarray, shape (T,), int64
-        Distinct template ids, increasing.
-    subjects : numpy.ndarray, shape (T,), int64
-        Subject id of each template.
-    """
+    """Templates of a 1:N gallery or probe set and their subjects (:func:`read_ijb_subjects`)."""
 
     templates: np.ndarray
     subjects: np.ndarray
+
+
+# The fields' documentation (rendered by autodoc in place of "Alias for field number k").
+for _cls, _docs in (
+    (
+        IJBMedia,
+        {
+            "names": "numpy.ndarray, shape (N,), str: image file names (in ``loose_crop/``).",
+            "templates": "numpy.ndarray, shape (N,), int64: template id of each image.",
+            "medias": "numpy.ndarray, shape (N,), int64: media id of each image (a still or "
+            "a video; frames of one video share it).",
+        },
+    ),
+    (
+        IJBPairs,
+        {
+            "t1": "numpy.ndarray, shape (P,), int64: template id of the first side of each pair.",
+            "t2": "numpy.ndarray, shape (P,), int64: template id of the second side.",
+            "labels": "numpy.ndarray, shape (P,), bool: ``True`` for a genuine pair.",
+        },
+    ),
+    (
+        IJBSubjects,
+        {
+            "templates": "numpy.ndarray, shape (T,), int64: distinct template ids, increasing.",
+            "subjects": "numpy.ndarray, shape (T,), int64: subject id of each template.",
+        },
+    ),
+):
+    for _field, _doc in _docs.items():
+        getattr(_cls, _field).__doc__ = _doc
 
 
 def _loadtxt(path: str, what: str, **kwargs) -> np.ndarray:
@@ -114,30 +119,6 @@ def _as_path(path: str | os.PathLike[str]) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     return path
-
-
-def _int_table(path: str, columns: int, what: str) -> np.ndarray:
-    """A whitespace-separated table of integers, ``(rows, columns)`` int64.
-
-    Fast path: one C-level parse of the whole file (``np.fromstring``), accepted when it reads
-    to the end and finds ``columns`` numbers per non-empty line; anything else (blank lines, a
-    stray field, a non-integer) goes through ``np.loadtxt`` for an error naming the line.
-    """
-    with open(path, "rb") as f:
-        text = f.read()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # NumPy warns where it stops before the end
-            values = np.fromstring(text, dtype=np.int64, sep=" ")
-        lines = text.count(b"\n") + (not text.endswith(b"\n"))
-        if text.strip() and values.size == columns * lines:
-            return values.reshape(lines, columns)
-    except (ValueError, DeprecationWarning):
-        pass
-    table = _loadtxt(path, what, dtype=np.int64)
-    if table.shape[0] and table.shape[1] != columns:
-        raise ValueError(f"{path}: expected {what}, got {table.shape[1]} fields per line")
-    return table
 
 
 def read_ijb_media(path: str | os.PathLike[str]) -> IJBMedia:
@@ -163,12 +144,14 @@ def read_ijb_media(path: str | os.PathLike[str]) -> IJBMedia:
     --------
     >>> import tempfile
     >>> from metricface.data import read_ijb_media
-    >>> path = os.path.join(tempfile.mkdtemp(), "ijbc_face_tid_mid.txt")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "ijbc_face_tid_mid.txt")
     >>> with open(path, "w") as f:
     ...     _ = f.write("1.jpg 1 69544\\n2.jpg 1 69544\\n3.jpg 7 11\\n")
     >>> names, templates, medias = read_ijb_media(path)
     >>> names.tolist(), templates.tolist(), medias.tolist()
     (['1.jpg', '2.jpg', '3.jpg'], [1, 1, 7], [69544, 69544, 11])
+    >>> tmp.cleanup()
     """
     path = _as_path(path)
     what = "lines 'image_name template_id media_id'"
@@ -203,11 +186,11 @@ def read_ijb_pairs(path: str | os.PathLike[str]) -> IJBPairs:
     """
     path = _as_path(path)
     what = "lines 'template_id template_id label'"
-    data = _int_table(path, 3, what)
-    if data.shape[0] == 0:
-        raise ValueError(f"{path}: expected {what}, got an empty file")
+    data = _loadtxt(path, what, dtype=np.int64)
+    if data.shape[1] != 3:
+        raise ValueError(f"{path}: expected {what}, got {data.shape[1]} fields per line")
     labels = data[:, 2]
-    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    bad = np.flatnonzero(labels.view(np.uint64) > 1)  # neither 0 nor 1 (negatives wrap)
     if bad.size:
         raise ValueError(
             f"{path}: labels must be 0 or 1, got {labels[bad[0]]} on line {bad[0] + 1}"
@@ -256,12 +239,14 @@ def read_ijb_subjects(path: str | os.PathLike[str]) -> IJBSubjects:
     --------
     >>> import tempfile
     >>> from metricface.data import read_ijb_subjects
-    >>> path = os.path.join(tempfile.mkdtemp(), "ijbc_1N_gallery_G1.csv")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "ijbc_1N_gallery_G1.csv")
     >>> with open(path, "w") as f:
     ...     _ = f.write("TEMPLATE_ID,SUBJECT_ID,FILENAME\\n"
     ...                 "5,2,img/1.jpg\\n5,2,img/2.jpg\\n3,9,img/3.jpg\\n")
     >>> read_ijb_subjects(path)
     IJBSubjects(templates=array([3, 5]), subjects=array([9, 2]))
+    >>> tmp.cleanup()
     """
     path = _as_path(path)
     with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the header
@@ -360,12 +345,15 @@ def load_ijb_meta(root: str | os.PathLike[str], target: str | None = None) -> IJ
     --------
     >>> import tempfile
     >>> from metricface.data import load_ijb_meta
-    >>> meta_dir = Path(tempfile.mkdtemp()) / "IJBC" / "meta"
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> meta_dir = Path(tmp.name) / "IJBC" / "meta"
     >>> meta_dir.mkdir(parents=True)
     >>> _ = (meta_dir / "ijbc_face_tid_mid.txt").write_text("1.jpg 1 1\\n2.jpg 2 2\\n")
     >>> _ = (meta_dir / "ijbc_template_pair_label.txt").write_text("1 2 0\\n")
     >>> load_ijb_meta(meta_dir.parent)
     IJBMeta(target='IJBC', images=2, templates=2, pairs=1)
+    >>> tmp.cleanup()
     """
     folder = Path(root)
     if (folder / "meta").is_dir():

@@ -415,12 +415,14 @@ def load_verification_bin(
     ...     Image.new("RGB", (112, 112), (value, value, value)).save(buf, format="JPEG")
     ...     return buf.getvalue()
     >>> bins = [jpeg(v) for v in (0, 10, 200, 30)]      # two pairs
-    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.bin")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "tiny.bin")
     >>> with open(path, "wb") as f:
     ...     pickle.dump((bins, [True, False]), f, protocol=4)
     >>> images, issame = load_verification_bin(path)
     >>> images.shape, images.dtype, issame
     (torch.Size([4, 3, 112, 112]), torch.uint8, array([ True, False]))
+    >>> tmp.cleanup()
     """
     ds = VerificationBin(path, image_size=image_size)
     return ds.images(), ds.issame

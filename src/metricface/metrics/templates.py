@@ -27,8 +27,9 @@ rates are the CMC of the mated probes (:func:`~metricface.metrics.cmc_curve`).
 
 Speed
 -----
-Pooling is two ``index_add`` passes over the features in row chunks (no per-template Python
-loop). Pair scoring takes the distinct templates on each side of the pair list: where their
+Pooling is one sparse-by-dense matrix product per chunk of images (a ``templates x images``
+matrix holding each image's pooling weight), so the features are read once and no
+per-template Python loop runs. Pair scoring takes the distinct templates on each side of the pair list: where their
 product is at most a few times the number of pairs (IJB's gallery x probe design: 3,531 x
 19,593 templates for 15.7M pairs), it computes the template-by-template score blocks with
 matrix products and picks the pairs from them, which is tens of times faster than gathering
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,30 +112,51 @@ def _weights(weights: object, n: int) -> np.ndarray | None:
 
 
 class _TemplateIndex:
-    """Row of each template id in ``unique`` (ids in any order, each once)."""
+    """Row of each template id in ``unique`` (ids in any order, each once).
+
+    Ids are looked up in a table indexed by ``id - min(id)`` when their range is at most a few
+    times their number (IJB's ids are small integers), else by binary search.
+    """
+
+    _TABLE_FACTOR = 64
 
     def __init__(self, unique: object, name: str = "unique_templates") -> None:
+        self.name = name
         self.unique = _ids(unique, name)
-        self.order = np.argsort(self.unique, kind="stable")
-        ordered = self.unique[self.order]
+        order = np.argsort(self.unique, kind="stable")
+        ordered = self.unique[order]
         dup = np.flatnonzero(ordered[1:] == ordered[:-1])
         if dup.size:
             raise ValueError(f"{name} must be distinct, got template {ordered[dup[0]]} twice")
-        self.sorted = ordered
+        self.sorted, self.order = ordered, order
+        self.table = None
+        if ordered.size:
+            self.low = int(ordered[0])
+            span = int(ordered[-1]) - self.low + 1
+            if span <= self._TABLE_FACTOR * ordered.size + 1024:
+                self.table = np.full(span, -1, dtype=np.int64)
+                self.table[ordered - self.low] = order
 
     def rows(self, ids: object, name: str) -> np.ndarray:
         ids = _ids(ids, name)
-        pos = np.searchsorted(self.sorted, ids)
-        np.minimum(pos, self.sorted.shape[0] - 1, out=pos)
-        missing = np.flatnonzero(self.sorted[pos] != ids)
+        if self.table is not None:
+            offset = ids - self.low
+            inside = (offset >= 0) & (offset < self.table.shape[0])
+            rows = self.table[np.where(inside, offset, 0)]
+            missing = np.flatnonzero((rows < 0) | ~inside)
+        else:
+            pos = np.searchsorted(self.sorted, ids)
+            np.minimum(pos, self.sorted.shape[0] - 1, out=pos)
+            missing = np.flatnonzero(self.sorted[pos] != ids)
+            rows = self.order[pos]
         if missing.size:
             i = int(missing[0])
+            where = "has no image" if self.name == "templates" else f"is not in {self.name}"
             raise ValueError(
-                f"{name} names template {ids[i]} (entry {i}), which has no image in the media "
-                f"list; {missing.size} entr{'y' if missing.size == 1 else 'ies'} name templates "
-                "without images"
+                f"{name} names template {ids[i]} (entry {i}), which {where}; {missing.size} "
+                f"entr{'y' if missing.size == 1 else 'ies'} of {name} name such templates"
             )
-        return self.order[pos]
+        return rows
 
 
 def _distinct(rows: np.ndarray, ids: np.ndarray, name: str) -> None:
@@ -167,15 +190,28 @@ def _pool(
         scale = scale * weights
     dtype = x.dtype
     scale_t = torch.from_numpy(scale).to(dtype)
-    rows_t = torch.from_numpy(t_row.astype(np.int64))
     out = torch.zeros((unique.shape[0], x.shape[1]), dtype=dtype, device=device)
-    for start in range(0, x.shape[0], chunk_rows):
-        stop = start + chunk_rows
-        chunk = x[start:stop].to(device=device, dtype=dtype)
-        if normalize_images:
-            chunk = torch.nn.functional.normalize(chunk, dim=1)
-        chunk = chunk * scale_t[start:stop, None].to(device)
-        out.index_add_(0, rows_t[start:stop].to(device), chunk)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        for start in range(0, x.shape[0], chunk_rows):
+            chunk = x[start : start + chunk_rows].to(device=device, dtype=dtype)
+            s = scale_t[start : start + chunk_rows]
+            if normalize_images:
+                norm = torch.linalg.vector_norm(chunk, dim=1).cpu()
+                s = torch.where(norm > 0, s / norm, torch.zeros_like(s))
+            # template = sum of scale * image over its images: one sparse (T x chunk) product
+            rows = t_row[start : start + chunk_rows]
+            order = np.argsort(rows, kind="stable")
+            crow = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=unique.shape[0]))))
+            sums = torch.sparse_csr_tensor(
+                torch.from_numpy(crow),
+                torch.from_numpy(order),
+                s[torch.from_numpy(order)],
+                size=(unique.shape[0], chunk.shape[0]),
+                check_invariants=False,
+            ).to(device)
+            with torch.autocast(device.type, enabled=False):
+                out += sums @ chunk
     return _normalized(out, unique, "template"), unique
 
 
@@ -200,7 +236,7 @@ def template_features(
     *,
     normalize_images: bool = False,
     device: torch.device | str | None = None,
-    chunk_size: int = 65536,
+    chunk_size: int = 1 << 17,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Pool per-image features into L2-normalised template features.
 
@@ -264,6 +300,19 @@ def template_features(
 # --------------------------------------------------------------------------- 1:1 scores
 
 
+def _blocks(block: np.ndarray, n_blocks: int):
+    """Indices of the pairs in each block, in pair order: a mask per block when there are few
+    blocks (a linear scan each), one stable sort otherwise."""
+    if n_blocks <= 32:
+        for b in range(n_blocks):
+            yield np.flatnonzero(block == b)
+        return
+    order = np.argsort(block, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(block, minlength=n_blocks))))
+    for b in range(n_blocks):
+        yield order[bounds[b] : bounds[b + 1]]
+
+
 def _scores_by_rows(
     feats: torch.Tensor, r1: np.ndarray, r2: np.ndarray, chunk_size: int
 ) -> np.ndarray:
@@ -280,24 +329,18 @@ def _scores_by_rows(
         local[u2] = np.arange(u2.shape[0])
         l2 = torch.from_numpy(local[r2])
         step = max(1, chunk_size // u2.shape[0])
-        block = l1 // step
         n_blocks = -(-u1.shape[0] // step)
-        # stable sort of small block ids; 16-bit keys sort in linear time (radix)
-        keys = block.astype(np.uint16) if n_blocks <= 1 << 16 else block
-        order = torch.from_numpy(np.argsort(keys, kind="stable"))
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(block, minlength=n_blocks))))
         right = feats[torch.from_numpy(u2).to(feats.device)]
-        l1_t = torch.from_numpy(l1)
-        for b in range(n_blocks):
-            idx = order[bounds[b] : bounds[b + 1]]
-            if idx.numel() == 0:
+        for b, idx in enumerate(_blocks(l1 // step, n_blocks)):
+            if idx.size == 0:
                 continue
             lo = b * step
             left = feats[torch.from_numpy(u1[lo : lo + step]).to(feats.device)]
             with torch.autocast(feats.device.type, enabled=False):
                 block_scores = left @ right.T
-            i, j = (l1_t[idx] - lo).to(feats.device), l2[idx].to(feats.device)
-            out[idx.to(feats.device)] = block_scores[i, j]
+            i = torch.from_numpy(l1[idx] - lo).to(feats.device)
+            j = l2[torch.from_numpy(idx)].to(feats.device)
+            out[torch.from_numpy(idx).to(feats.device)] = block_scores[i, j]
     else:
         step = max(1, chunk_size // dim)
         r1_t, r2_t = torch.from_numpy(r1), torch.from_numpy(r2)
@@ -707,12 +750,15 @@ def ijb_report(
         Detector scores, multiplied into the features before pooling.
     normalize_images : bool
         L2-normalise image features before pooling (see :func:`template_features`).
-    pairs : (t1, t2, labels), optional
-        1:1 pairs: template ids of each side and labels (1 / ``True`` = same subject).
-    galleries : mapping of str to (templates, subjects), optional
-        1:N galleries by name (e.g. ``{"G1": ..., "G2": ...}``); needs ``probes``.
-    probes : (templates, subjects), optional
-        1:N probe templates and their subjects, searched in every gallery.
+    pairs : tuple of three arrays, optional
+        1:1 pairs ``(t1, t2, labels)``: template ids of each side and labels (1 / ``True`` =
+        same subject), e.g. an :class:`~metricface.data.IJBPairs`.
+    galleries : mapping of str to tuple of two arrays, optional
+        1:N galleries by name, each ``(templates, subjects)`` (e.g. ``{"G1": ..., "G2": ...}``
+        of :class:`~metricface.data.IJBSubjects`); needs ``probes``.
+    probes : tuple of two arrays, optional
+        1:N probe templates and their subjects ``(templates, subjects)``, searched in every
+        gallery.
     far_targets : sequence of float
         FAR targets of the 1:1 table (default 1e-6 ... 1e-1).
     fpir : float or sequence of float
@@ -757,7 +803,7 @@ def ijb_report(
     templates_np, medias_np = _ids(templates, "templates", n), _ids(medias, "medias", n)
     w = _weights(weights, n)
     check_scalar(chunk_size, "chunk_size", low=1, integer=True)
-    index = _TemplateIndex(np.unique(templates_np))
+    index = _TemplateIndex(np.unique(templates_np), "templates")
     pair_rows = labels = None
     if pairs is not None:
         if not isinstance(pairs, (tuple, list)) or len(pairs) != 3:
@@ -781,7 +827,7 @@ def ijb_report(
         for g_name, g in galleries.items():
             sets[str(g_name)] = _subject_rows(index, g, f"gallery {g_name}")
     dev = x.device if device is None else torch.device(device)
-    feats, _ = _pool(x, templates_np, medias_np, w, bool(normalize_images), dev, 65536)
+    feats, _ = _pool(x, templates_np, medias_np, w, bool(normalize_images), dev, 1 << 17)
     verification = scores = None
     if pair_rows is not None:
         unit = _normalized(feats, index.unique, "template")  # as template_pair_scores does
