@@ -222,3 +222,22 @@ def test_layouts_round_trip_any_labels(tmp_path_factory, labels, layout, big):
     ds = VerificationBin(path)
     assert ds.issame.tolist() == labels
     assert [ds.encoded(i) for i in range(len(ds))] == bins
+
+
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    layout=st.sampled_from(LAYOUTS),
+)
+def test_corrupted_files_fail_with_a_named_error(tmp_path_factory, cuts, layout):
+    """Any byte of any layout overwritten: the load either succeeds or raises ValueError /
+    ImageDecodeError naming the file, never another exception."""
+    _, bins, issame = pair_images(2, size=4)
+    path = write_bin(tmp_path_factory.mktemp("bin") / "x.bin", bins, issame, layout)
+    data = bytearray(path.read_bytes())
+    for position, value in cuts:
+        data[position % len(data)] = value
+    path.write_bytes(bytes(data))
+    try:
+        load_verification_bin(path)
+    except (ValueError, ImageDecodeError) as exc:
+        assert "x.bin" in str(exc)

@@ -219,16 +219,28 @@ def _labels(issame: object, path: str) -> np.ndarray:
 
 def _read_bin(path: str) -> tuple[list[bytes], np.ndarray]:
     """Restricted-unpickle a ``.bin`` file and check its layout; nothing is decoded."""
+    with open(path, "rb") as f:
+        data = f.read()  # from memory, a corrupted length fails short instead of reading on
     try:
-        with open(path, "rb") as f:
-            obj = _BinUnpickler(f, encoding="bytes").load()
+        obj = _BinUnpickler(io.BytesIO(data), encoding="bytes").load()
     except _Forbidden as exc:
         raise ValueError(
             f"{path} is not a verification .bin file: it refers to the global {exc}, which such "
             "files never contain; refusing to load it (nothing it names was called)"
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        MemoryError,  # a corrupted length asking for more memory than there is
+    ) as exc:
         raise ValueError(f"{path} is not a readable verification .bin file: {exc}") from exc
+    del data
     obj = _plain(obj)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         got = f"a {type(obj).__name__}" + (
