@@ -136,6 +136,8 @@ def test_construction_errors(tmp_path, two_sets):
         VerificationSets(two_sets, n_folds=1)
     with pytest.raises(ValueError, match="far_targets must be in"):
         VerificationSets(two_sets, far_targets=[2.0])
+    with pytest.raises(ValueError, match="at least one FAR target"):
+        VerificationSets(two_sets, far_targets=[])
     with pytest.raises(KeyError, match="no set named"):
         VerificationSets(two_sets).dataset("agedb_30")
 

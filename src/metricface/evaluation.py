@@ -40,7 +40,6 @@ from metricface.data.transforms import FACE_MEAN, FACE_STD
 from metricface.data.verification_bin import VerificationBin
 from metricface.inference import embed
 from metricface.metrics import kfold_verification_accuracy, verification_report
-from metricface.metrics._checks import check_far_targets
 from metricface.metrics.templates import IJB_FAR_TARGETS, IJBReport, ijb_report
 
 __all__ = [
@@ -263,7 +262,11 @@ class VerificationSets:
         check_scalar(n_folds, "n_folds", low=2, integer=True)
         check_scalar(batch_size, "batch_size", low=1, integer=True)
         check_scalar(num_workers, "num_workers", low=0, integer=True)
-        self.far_targets = tuple(check_far_targets(far_targets, "far_targets")[0].tolist())
+        self.far_targets = tuple(float(a) for a in np.atleast_1d(np.asarray(far_targets)))
+        if not self.far_targets:
+            raise ValueError("far_targets must hold at least one FAR target, got none")
+        for a in self.far_targets:
+            check_scalar(a, "far_targets", low=0.0, high=1.0, low_inclusive=False)
         for name, values in (("mean", mean), ("std", std)):
             if len(values) != 3:
                 raise ValueError(f"{name} must have 3 entries (R, G, B), got {values!r}")
