@@ -17,6 +17,7 @@ data
 
 Modules: ``distances`` (pairwise distances), ``distributed`` (gathering across ranks),
 ``search`` (chunked gallery search), ``inference`` (:func:`~metricface.inference.embed`),
+``evaluation`` (benchmark protocols: verification ``.bin`` sets, IJB-B/C),
 ``checkpoint`` (atomic, safe checkpoints), ``plots`` (needs the ``plot`` extra) and ``cli``
 (the ``python -m metricface`` tools).
 """
@@ -37,6 +38,7 @@ _SUBMODULES = (
     "data",
     "distances",
     "distributed",
+    "evaluation",
     "inference",
     "losses",
     "metrics",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
         data,
         distances,
         distributed,
+        evaluation,
         inference,
         losses,
         metrics,
@@ -69,6 +72,7 @@ __all__ = [
     "data",
     "distances",
     "distributed",
+    "evaluation",
     "inference",
     "losses",
     "metrics",

@@ -1,4 +1,5 @@
-"""Datasets: identity folders, RecordIO packs, pair lists, synthetic faces, transform presets."""
+"""Datasets: identity folders, RecordIO packs, verification ``.bin`` sets, IJB-B/C protocol
+files, face alignment and landmark files, pair lists, synthetic faces, transform presets."""
 
 from metricface.data.align import (
     ARCFACE_TEMPLATE,
@@ -14,6 +15,16 @@ from metricface.data.folder import (
     decode_image_file,
 )
 from metricface.data.hf import HFFaceDataset
+from metricface.data.ijb import (
+    IJBMedia,
+    IJBMeta,
+    IJBPairs,
+    IJBSubjects,
+    load_ijb_meta,
+    read_ijb_media,
+    read_ijb_pairs,
+    read_ijb_subjects,
+)
 from metricface.data.landmarks import (
     LandmarkTable,
     read_ijb_landmarks,
@@ -38,6 +49,7 @@ from metricface.data.transforms import (
     eval_transform,
     train_transform,
 )
+from metricface.data.verification_bin import VerificationBin, load_verification_bin
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -48,6 +60,10 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "HFFaceDataset",
+    "IJBMedia",
+    "IJBMeta",
+    "IJBPairs",
+    "IJBSubjects",
     "IdentityFolder",
     "ImageDecodeError",
     "LandmarkTable",
@@ -55,12 +71,18 @@ __all__ = [
     "PairListDataset",
     "RecordFaces",
     "SyntheticFaces",
+    "VerificationBin",
     "align_face",
     "decode_image_file",
     "estimate_similarity",
     "eval_transform",
     "face_template",
+    "load_ijb_meta",
+    "load_verification_bin",
     "read_ijb_landmarks",
+    "read_ijb_media",
+    "read_ijb_pairs",
+    "read_ijb_subjects",
     "read_lfw_pairs",
     "read_pairs_csv",
     "read_vggface2_landmarks",

@@ -1,4 +1,5 @@
-"""Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification and clustering."""
+"""Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification, clustering and
+the IJB-B/C template protocols."""
 
 from metricface.metrics.clustering import (
     KMeansResult,
@@ -18,6 +19,15 @@ from metricface.metrics.identification import (
     top_k_accuracy,
 )
 from metricface.metrics.report import VerificationReport, verification_report
+from metricface.metrics.templates import (
+    IJB_FAR_TARGETS,
+    IJBReport,
+    TemplateIdentification,
+    ijb_report,
+    template_features,
+    template_identification,
+    template_pair_scores,
+)
 from metricface.metrics.verification import (
     det_curve,
     equal_error_rate,
@@ -28,10 +38,13 @@ from metricface.metrics.verification import (
 )
 
 __all__ = [
+    "IJB_FAR_TARGETS",
+    "IJBReport",
     "KMeansResult",
     "KMeansScores",
     "OpenSetResult",
     "ScoreHistogram",
+    "TemplateIdentification",
     "VerificationReport",
     "all_pairs_histogram",
     "cluster_accuracy",
@@ -39,6 +52,7 @@ __all__ = [
     "cmc_curve_from_scores",
     "det_curve",
     "equal_error_rate",
+    "ijb_report",
     "kfold_verification_accuracy",
     "kmeans",
     "kmeans_cluster_accuracy",
@@ -48,6 +62,9 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "tar_at_far",
+    "template_features",
+    "template_identification",
+    "template_pair_scores",
     "top_k_accuracy",
     "verification_report",
 ]
