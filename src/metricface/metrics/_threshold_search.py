@@ -49,6 +49,10 @@ DEFAULT_BITS = 16
 # than a histogram of 2**16 buckets.
 DEFAULT_SORT_BELOW = 1 << 12
 
+# On the host, torch's bincount beats numpy's on large int32 input (numpy widens it to int64
+# first: 40 vs 100 ms at 1e7 on one core) but has a fixed cost of up to ~30 ms (threads).
+_TORCH_BINCOUNT_FROM = 1 << 22
+
 # float dtype -> (bits of its integer view, struct formats of the integer and the float)
 _WIDTH = {np.dtype(np.float32): (32, "<i", "<f"), np.dtype(np.float64): (64, "<q", "<d")}
 _INT = {32: (np.int32, torch.int32), 64: (np.int64, torch.int64)}
@@ -149,22 +153,18 @@ class ThresholdSearch:
         self.n_pos = int(n_pos)
         self.n_neg = int(scores.shape[0]) - self.n_pos
         self.bits, self.sort_below = int(bits), int(sort_below)
-        self.keys = score_keys(scores)
-        if self.keys.shape[0] <= self.sort_below:
-            self._top = _Level(self.keys, labels)
+        self.scores = scores
+        if self.dtype.itemsize == 8 and scores.shape[0] > self.sort_below:
+            # 64-bit scores: bucket float32 roundings first (half the memory traffic; rounding
+            # is monotone, so buckets still split the sorted scores), refine on exact keys
+            self._top = _level(score_keys(_to_float32(scores)), labels, self.bits, scores)
         else:
-            if isinstance(self.keys, np.ndarray):
-                lo, hi = int(self.keys.min()), int(self.keys.max())
-            else:
-                lo, hi = torch.stack(torch.aminmax(self.keys)).tolist()
-            shift = max(0, (hi - lo).bit_length() - self.bits)
-            base = lo >> shift
-            self._top = _Level(self.keys, labels, shift, base, (hi >> shift) - base + 1)
+            self._top = _level(score_keys(scores), labels, self.bits, sort_below=self.sort_below)
 
     @property
     def min_score(self) -> float:
         """The lowest score (one pass)."""
-        return key_to_score(int(self.keys.min()), self.dtype)
+        return key_to_score(int(score_keys(self.scores).min()), self.dtype)
 
     def boundary(self, predicate: Predicate, want_hi: bool = False) -> Boundary:
         """Highest score ``lo`` where ``predicate(G, I)`` holds, and the next score ``hi``.
@@ -230,8 +230,9 @@ class _Level:
         shift: int | None = None,
         base: int = 0,
         nbins: int = 0,
+        native: Array | None = None,
     ) -> None:
-        self.keys, self.labels = keys, labels
+        self.keys, self.labels, self.native = keys, labels, native
         self.table: np.ndarray | None = None
         if shift is None:
             keys_h, labels_h = host(keys), host(labels)
@@ -254,24 +255,25 @@ class _Level:
             index <<= 1  # 2 * bucket + label: one bincount counts both classes
             index += labels
             self.index = index
-            if isinstance(index, np.ndarray):
-                index = torch.from_numpy(index)  # torch's bincount takes int32 without a copy
-            counts = host(torch.bincount(index, minlength=2 * nbins)).reshape(nbins, 2)
+            counts = host(_bincount(index, 2 * nbins)).reshape(nbins, 2)
             self.impostor, self.genuine = counts[:, 0], counts[:, 1]
-        self.exact = self.shift == 0
+        self.exact = self.shift == 0 and native is None
+        self._filled: np.ndarray | None = None
 
     def select(self, predicate: Predicate, g_offset: int, i_offset: int) -> _Selection:
         """The highest non-empty bucket where the predicate holds at its lowest key."""
-        gen, imp = self.genuine, self.impostor
-        g_before = np.cumsum(gen) - gen + g_offset
-        i_from = imp[::-1].cumsum()[::-1] + i_offset
-        filled = np.flatnonzero((gen + imp) > 0)
-        holds = filled[predicate(g_before[filled], i_from[filled])]
+        if self._filled is None:  # once per level: every search on it reuses these
+            gen, imp = self.genuine, self.impostor
+            self._filled = np.flatnonzero((gen + imp) > 0)
+            self._g_before = (np.cumsum(gen) - gen)[self._filled]
+            self._i_from = imp[::-1].cumsum()[::-1][self._filled]
+        filled = self._filled
+        holds = np.flatnonzero(predicate(self._g_before + g_offset, self._i_from + i_offset))
         if holds.size == 0:
             raise AssertionError("boundary search: the predicate fails at the lowest score")
-        b = int(holds[-1])
-        later = filled[filled > b]
-        nxt = int(later[0]) if later.size else None
+        j = int(holds[-1])
+        b = int(filled[j])
+        nxt = int(filled[j + 1]) if j + 1 < filled.size else None
         if self.table is not None:
             key = int(self.table[b])
             next_key = int(self.table[nxt]) if nxt is not None else 0
@@ -282,28 +284,67 @@ class _Level:
             next_bucket=nxt,
             key=key,
             next_key=next_key,
-            g_before=int(g_before[b]),
-            i_from=int(i_from[b]),
-            g_at=int(gen[b]),
-            i_at=int(imp[b]),
+            g_before=int(self._g_before[j]) + g_offset,
+            i_from=int(self._i_from[j]) + i_offset,
+            g_at=int(self.genuine[b]),
+            i_at=int(self.impostor[b]),
         )
 
     def _members(self, b: int) -> Array:
         """Mask of the keys in histogram bucket ``b``."""
         return (self.index >= 2 * b) & (self.index <= 2 * b + 1)
 
+    def _exact_keys(self, mask: Array) -> Array:
+        """Exact keys of the masked scores (this level's keys may be float32 roundings)."""
+        return self.keys[mask] if self.native is None else score_keys(self.native[mask])
+
     def lowest_key(self, sel: _Selection) -> int:
-        """The lowest key in the bucket ``sel.next_bucket``."""
+        """The lowest (exact) key in the bucket ``sel.next_bucket``."""
         if self.exact:
             return sel.next_key
-        return int(self.keys[self._members(sel.next_bucket)].min())
+        return int(self._exact_keys(self._members(sel.next_bucket)).min())
 
     def child(self, b: int, bits: int, sort_below: int) -> _Level:
         """The level of bucket ``b``'s keys alone, resolving their next ``bits`` bits."""
         mask = self._members(b)
-        keys, labels = self.keys[mask], self.labels[mask]
+        keys, labels = self._exact_keys(mask), self.labels[mask]
+        if self.native is not None:  # exact keys now: a fresh range
+            return _level(keys, labels, bits, sort_below=sort_below)
         if keys.shape[0] <= sort_below:
             return _Level(keys, labels)
         shift = max(0, self.shift - bits)
         base = (b + self.base) << (self.shift - shift)
         return _Level(keys, labels, shift, base, 1 << (self.shift - shift))
+
+
+def _bincount(index: Array, size: int) -> Array:
+    """Counts of each value of a non-negative int index (its type and device)."""
+    if isinstance(index, np.ndarray):
+        if index.shape[0] < _TORCH_BINCOUNT_FROM:
+            return np.bincount(index, minlength=size)
+        index = torch.from_numpy(index)  # no copy; counts int32 without widening it first
+    return torch.bincount(index, minlength=size)
+
+
+def _to_float32(scores: Array) -> Array:
+    """float32 roundings of 64-bit scores (beyond float32's range: +-inf, still in order)."""
+    if isinstance(scores, np.ndarray):
+        with np.errstate(over="ignore"):
+            return scores.astype(np.float32)
+    return scores.float()
+
+
+def _level(
+    keys: Array, labels: Array, bits: int, native: Array | None = None, sort_below: int = 0
+) -> _Level:
+    """A level over the whole range of ``keys``: sorted when at most ``sort_below`` keys, else
+    a histogram of ``2**bits + 1`` buckets."""
+    if keys.shape[0] <= sort_below:
+        return _Level(keys, labels)
+    if isinstance(keys, np.ndarray):
+        lo, hi = int(keys.min()), int(keys.max())
+    else:
+        lo, hi = torch.stack(torch.aminmax(keys)).tolist()
+    shift = max(0, (hi - lo).bit_length() - bits)
+    base = lo >> shift
+    return _Level(keys, labels, shift, base, (hi >> shift) - base + 1, native)
