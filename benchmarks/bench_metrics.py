@@ -32,6 +32,8 @@ Usage::
     python benchmarks/bench_metrics.py --device cpu
     python benchmarks/bench_metrics.py --device cuda --pairs-n 100000
     python benchmarks/bench_metrics.py --quick
+    python benchmarks/bench_metrics.py --device cuda --sizes 1e8 --inputs continuous \
+        --cases eer first --repeats 0 --first-call-runs 1     # EER of 1e8 scores, one call each
 """
 
 from __future__ import annotations
@@ -75,10 +77,11 @@ def timed(fn, repeats: int, device: str = "cpu"):
 
 def alternated(fns, repeats: int, device: str = "cpu"):
     """Median wall time of each function over ``repeats`` rounds that alternate them, after
-    one warm-up call each; returns ``[(median, last output), ...]``."""
-    outs = [fn() for fn in fns]
+    one warm-up call each (``repeats=0``: one timed call each, no warm-up); returns
+    ``[(median, last output), ...]``."""
+    outs = [fn() for fn in fns] if repeats > 0 else [None] * len(fns)
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         for k, fn in enumerate(fns):
             gc.collect()
             if device == "cuda":
@@ -156,6 +159,17 @@ def bench_scores(kind: str, n: int, args) -> None:
     )
     if diff > 1e-9:
         raise SystemExit(f"EER mismatch at n={n}: {eer_ours} vs {eer_peer}")
+    if "tar" in args.cases:
+        bench_tar(kind, n, y, s, yd, sd, args)
+    if "roc" in args.cases:
+        (t_peer, _), (t_roc, _) = alternated(
+            [lambda: sklearn_eer(y, s), lambda: ours_roc_eer(yd, sd)], repeats, args.device
+        )
+        row(f"roc+eer {kind} n={n:.0e}", t_roc, t_peer, f"speed-up {t_peer / t_roc:.1f}x")
+
+
+def bench_tar(kind, n, y, s, yd, sd, args) -> None:
+    repeats = args.repeats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FAR 1e-4 is below the resolution of small inputs
         (t_peer, tar_peer), (t_tar, tar_ours) = alternated(
@@ -166,11 +180,6 @@ def bench_scores(kind: str, n: int, args) -> None:
     if not np.array_equal(tar_ours, tar_peer):
         raise SystemExit(f"TAR@FAR mismatch at n={n}: {tar_ours} vs {tar_peer}")
     row(f"tar@far {kind} n={n:.0e}", t_tar, t_peer, f"speed-up {t_peer / t_tar:.1f}x, 4 targets")
-    if not args.skip_roc:
-        (t_peer, _), (t_roc, _) = alternated(
-            [lambda: sklearn_eer(y, s), lambda: ours_roc_eer(yd, sd)], repeats, args.device
-        )
-        row(f"roc+eer {kind} n={n:.0e}", t_roc, t_peer, f"speed-up {t_peer / t_roc:.1f}x")
 
 
 FIRST_CALL = """
@@ -233,9 +242,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e5, 1e6, 1e7])
     parser.add_argument("--inputs", nargs="+", default=["continuous", "tied"])
-    parser.add_argument("--repeats", type=int, default=5, help="alternated timed rounds")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=["eer", "tar", "roc", "first", "all-pairs"],
+        default=["eer", "tar", "roc", "first", "all-pairs"],
+        help="rows to measure (eer always runs: it checks the EERs agree)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternated timed rounds (0: one call, no warm-up)"
+    )
     parser.add_argument("--first-call-runs", type=int, default=3, help="fresh processes each")
-    parser.add_argument("--skip-roc", action="store_true", help="no roc+eer rows")
     parser.add_argument("--pairs-n", type=int, default=None, help="embeddings for all-pairs")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--bins", type=int, default=2000)
@@ -256,8 +273,10 @@ def main() -> None:
             bench_scores(kind, n, args)
             gc.collect()
     for kind in args.inputs:
-        if args.first_call_runs > 0:
+        if "first" in args.cases and args.first_call_runs > 0:
             bench_first_call(kind, int(sizes[-1]), args)
+    if "all-pairs" not in args.cases:
+        return
 
     dev = args.device
     g = torch.Generator().manual_seed(0)

@@ -91,6 +91,18 @@ def _oom_message(exc: BaseException) -> str | None:
     return None
 
 
+def _embeddings(batch: int, args: argparse.Namespace):
+    """``batch`` embeddings of ``B / K`` identities x ``K`` images, and their labels (seeded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    classes = batch // args.per_class
+    labels = torch.arange(classes).repeat_interleave(args.per_class)
+    centers = torch.randn(classes, args.dim, generator=g)
+    x = centers[labels] + 3.0 * torch.randn(batch, args.dim, generator=g)
+    return x.to(args.device), labels.to(args.device)
+
+
 def _make_step(lib: str, case: str, batch: int, args: argparse.Namespace):
     """Inputs shared by both libraries and one library's ``mine + loss + backward`` step."""
     import torch
@@ -101,12 +113,7 @@ def _make_step(lib: str, case: str, batch: int, args: argparse.Namespace):
         from pytorch_metric_learning import losses, miners
 
     device = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    classes = batch // args.per_class
-    labels = torch.arange(classes).repeat_interleave(args.per_class)
-    centers = torch.randn(classes, args.dim, generator=g)
-    base = centers[labels] + 3.0 * torch.randn(batch, args.dim, generator=g)
-    base, labels = base.to(device), labels.to(device)
+    base, labels = _embeddings(batch, args)
     loss_fn = losses.TripletMarginLoss(margin=0.05)
     miner = None
     if case.startswith("triplet-"):
@@ -251,7 +258,6 @@ def _bench_semihard(args: argparse.Namespace) -> None:
     from metricface import miners
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
         f"torch {torch.__version__}, device {where}, threads {args.threads}, D={args.dim}, "
@@ -261,12 +267,7 @@ def _bench_semihard(args: argparse.Namespace) -> None:
     print("| B | triplets (semi-hard) | SemiHardMiner ms | BatchHardMiner ms | ratio |")
     print("|---|---|---|---|---|")
     for batch in args.sizes:
-        g = torch.Generator().manual_seed(0)
-        classes = batch // args.per_class
-        labels = torch.arange(classes).repeat_interleave(args.per_class)
-        centers = torch.randn(classes, args.dim, generator=g)
-        x = centers[labels] + 3.0 * torch.randn(batch, args.dim, generator=g)
-        x, labels = x.to(device), labels.to(device)
+        x, labels = _embeddings(batch, args)
         pair = {"semihard": miners.SemiHardMiner(margin=0.2), "batchhard": miners.BatchHardMiner()}
         times: dict[str, list[float]] = {name: [] for name in pair}
         count = int(pair["semihard"](x, labels)[0].numel())  # warm-up

@@ -99,6 +99,15 @@ def _same_tar(got, ref):
     np.testing.assert_array_equal(got[1], ref[1])
 
 
+def _search_equals_reference(y, s, bits, sort_below):
+    eer, tar = _reference(y, s)
+    found = ThresholdSearch(*check_binary_arrays(y, s), bits=bits, sort_below=sort_below)
+    assert eer_from_search(found) == eer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _same_tar(tar_from_search(found, TARGETS), tar)
+
+
 @given(typed_scores())
 def test_public_functions_equal_the_sorted_reference(data):
     y, s = data
@@ -114,14 +123,7 @@ def test_public_functions_equal_the_sorted_reference(data):
 @given(typed_scores(max_n=12), st.sampled_from(SEARCHES))
 def test_deep_searches_equal_the_sorted_reference(data, search):
     """Few key bits per level and no sorting: every level of the search is exercised."""
-    y, s = data
-    eer, tar = _reference(y, s)
-    bits, sort_below = search
-    found = ThresholdSearch(*check_binary_arrays(y, s), bits=bits, sort_below=sort_below)
-    assert eer_from_search(found) == eer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _same_tar(tar_from_search(found, TARGETS), tar)
+    _search_equals_reference(*data, *search)
 
 
 @given(st.sampled_from(SEARCHES), st.integers(0, 2**32 - 1), st.sampled_from([2, 50, 3000]))
@@ -131,13 +133,7 @@ def test_continuous_scores_equal_the_sorted_reference(search, seed, n):
     y = rng.random(n) < 0.3
     y[:2] = [True, False]
     s = np.where(y, rng.normal(0.5, 0.15, n), rng.normal(0.05, 0.1, n)).astype(np.float32)
-    eer, tar = _reference(y, s)
-    bits, sort_below = search
-    found = ThresholdSearch(*check_binary_arrays(y, s), bits=bits, sort_below=sort_below)
-    assert eer_from_search(found) == eer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _same_tar(tar_from_search(found, TARGETS), tar)
+    _search_equals_reference(y, s, *search)
 
 
 def test_large_inputs_take_several_histogram_levels():

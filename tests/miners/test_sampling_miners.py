@@ -192,3 +192,15 @@ def test_distance_weighted_draws_each_positive_pair_independently():
     a, _p, n = DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=2.0)(x[:1], y[:1], x, y)
     assert a.numel() == 41 and set(n.tolist()) <= {41, 42, 43, 44}  # x[0] is in the reference
     assert len(set(n.tolist())) > 1
+
+
+def test_semihard_on_device_equals_the_per_pair_selection(device):
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 5, (64,), generator=g)
+    x = torch.randint(-1, 2, (64, 3), generator=g).float()  # ties
+    x[:, 0] += 0.5
+    got = SemiHardMiner(0.4, chunk_elements=300)(x.to(device), y.to(device))
+    dis = pairwise_matrix(x, None, "euclidean")
+    expected = _semihard_by_pairs(dis, *label_masks(y), 0.4)
+    for u, v in zip(got, expected):
+        assert u.device.type == device.type and torch.equal(u.cpu(), v)

@@ -220,7 +220,8 @@ class _Level:
 
     With ``shift`` given, bucket ``(key >> shift) - base`` in ``[0, nbins)`` (a histogram,
     ``exact`` when ``shift == 0``); without, the keys are sorted on the host and each distinct
-    key is a bucket (``exact``).
+    key is a bucket (``exact``). With ``native``, the keys are those of the float32 roundings
+    of the 64-bit scores ``native`` (never ``exact``: buckets are refined on exact keys).
     """
 
     def __init__(
