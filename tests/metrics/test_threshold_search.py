@@ -100,12 +100,19 @@ def _same_tar(got, ref):
 
 
 def _search_equals_reference(y, s, bits, sort_below):
+    """Both code paths: numpy (host data) and torch (what tensors on a GPU take; run here on
+    CPU tensors)."""
     eer, tar = _reference(y, s)
-    found = ThresholdSearch(*check_binary_arrays(y, s), bits=bits, sort_below=sort_below)
-    assert eer_from_search(found) == eer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _same_tar(tar_from_search(found, TARGETS), tar)
+    labels, scores, n_pos = check_binary_arrays(y, s)
+    for xp_labels, xp_scores in (
+        (labels, scores),
+        (torch.from_numpy(labels), torch.from_numpy(scores)),
+    ):
+        found = ThresholdSearch(xp_labels, xp_scores, n_pos, bits=bits, sort_below=sort_below)
+        assert eer_from_search(found) == eer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _same_tar(tar_from_search(found, TARGETS), tar)
 
 
 @given(typed_scores())

@@ -155,8 +155,11 @@ def check_binary_arrays(
     if scores.shape[0] == 0:
         raise ValueError("y_true and y_score must be non-empty, got 0 pairs")
     on_device = isinstance(scores, torch.Tensor)
-    if on_device:
-        labels = torch.tensor(host(labels), device=scores.device)
+    if on_device:  # labels join the scores on their device (tensors without a host trip)
+        if isinstance(labels, torch.Tensor):
+            labels = labels.to(scores.device)
+        else:
+            labels = torch.tensor(labels, device=scores.device)
     else:
         labels = host(labels)
     if _kind(labels) != "b":

@@ -18,8 +18,9 @@ Algorithms:
   counts at every threshold (:class:`OperatingPoints`, which the histogram module builds too).
 * :func:`equal_error_rate` and :func:`tar_at_far` need the counts at only two adjacent
   thresholds, which a radix selection on the scores' bit patterns finds in ``O(n)`` without a
-  sort, on the scores' own device (:mod:`metricface.metrics._threshold_search`). Both
-  algorithms count exactly, in integers, and give bit-identical results (the tests check).
+  sort, on the scores' own device (histograms of the top bits of order-preserving integer keys,
+  refined inside one bucket). Both algorithms count exactly, in integers, and give
+  bit-identical results (the tests check).
 
 Integer scores keep their exact order (an int64 above ``2**53`` is never rounded to a float);
 returned thresholds are floats.
