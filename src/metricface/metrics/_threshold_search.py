@@ -21,6 +21,10 @@ Algorithm:
    few are left (one bucket per distinct key). The lowest key of the first non-empty bucket
    above ``lo`` on the deepest level that has one is ``hi``.
 
+For 64-bit scores (float64, int64) the first level counts the keys of their float32 roundings
+instead: rounding never reverses an order, so its buckets still split the sorted scores into
+runs, at half the memory traffic; the chosen bucket is refined on exact 64-bit keys.
+
 The first level reads every score a few times; later levels read one bucket's scores, so the
 work is ``O(n)`` with no sort of the scores. Counts are exact integers: the results equal those
 from the sorted scores bit for bit. Host data is processed with numpy; tensors on an
