@@ -31,6 +31,12 @@ step at full size:
   measured in the timing process after its warm-up, one library at a time, instead of in fresh
   processes (a third of the process start-ups, each of which pays for CUDA initialisation).
 
+``--semihard``: instead of the cases above, time ``SemiHardMiner(margin=0.2)`` against
+``BatchHardMiner()`` (both metricface, mining only, no loss) on the same embeddings at each
+``B`` in one process, alternating the two miners ``--reps`` times after a warm-up; medians and
+their ratio. Batch-hard mining is one ``(B, B)`` pass after the distance matrix, the floor for
+any miner that reads every distance; semi-hard mining should stay within a small factor of it.
+
 Every CPU subprocess runs under an address-space limit (``--mem-limit-gb``), so a library that
 needs more fails cleanly ("OOM") instead of exhausting a shared machine; the note then gives
 the peer's projected need. pytorch-metric-learning 2.9 enumerates all triplets through a
@@ -42,6 +48,7 @@ Usage::
     python benchmarks/bench_miners.py --device cpu            # B = 256, 1024, 4096
     python benchmarks/bench_miners.py --device cuda
     python benchmarks/bench_miners.py --quick                 # B = 128, 256: smoke run
+    python benchmarks/bench_miners.py --semihard --sizes 1024 2048 4096
 """
 
 from __future__ import annotations
@@ -84,6 +91,18 @@ def _oom_message(exc: BaseException) -> str | None:
     return None
 
 
+def _embeddings(batch: int, args: argparse.Namespace):
+    """``batch`` embeddings of ``B / K`` identities x ``K`` images, and their labels (seeded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    classes = batch // args.per_class
+    labels = torch.arange(classes).repeat_interleave(args.per_class)
+    centers = torch.randn(classes, args.dim, generator=g)
+    x = centers[labels] + 3.0 * torch.randn(batch, args.dim, generator=g)
+    return x.to(args.device), labels.to(args.device)
+
+
 def _make_step(lib: str, case: str, batch: int, args: argparse.Namespace):
     """Inputs shared by both libraries and one library's ``mine + loss + backward`` step."""
     import torch
@@ -94,12 +113,7 @@ def _make_step(lib: str, case: str, batch: int, args: argparse.Namespace):
         from pytorch_metric_learning import losses, miners
 
     device = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    classes = batch // args.per_class
-    labels = torch.arange(classes).repeat_interleave(args.per_class)
-    centers = torch.randn(classes, args.dim, generator=g)
-    base = centers[labels] + 3.0 * torch.randn(batch, args.dim, generator=g)
-    base, labels = base.to(device), labels.to(device)
+    base, labels = _embeddings(batch, args)
     loss_fn = losses.TripletMarginLoss(margin=0.05)
     miner = None
     if case.startswith("triplet-"):
@@ -237,6 +251,40 @@ def _peer_path(batch: int, per_class: int) -> tuple[str, float]:
     return "per-anchor loop", 2 * 24 * triplets
 
 
+def _bench_semihard(args: argparse.Namespace) -> None:
+    """SemiHardMiner vs BatchHardMiner, same embeddings, alternated; medians in ms."""
+    import torch
+
+    from metricface import miners
+
+    torch.set_num_threads(args.threads)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(
+        f"torch {torch.__version__}, device {where}, threads {args.threads}, D={args.dim}, "
+        f"K={args.per_class}; median of {args.reps} alternated calls after one warm-up"
+    )
+    print("ratio = SemiHardMiner / BatchHardMiner\n")
+    print("| B | triplets (semi-hard) | SemiHardMiner ms | BatchHardMiner ms | ratio |")
+    print("|---|---|---|---|---|")
+    for batch in args.sizes:
+        x, labels = _embeddings(batch, args)
+        pair = {"semihard": miners.SemiHardMiner(margin=0.2), "batchhard": miners.BatchHardMiner()}
+        times: dict[str, list[float]] = {name: [] for name in pair}
+        count = int(pair["semihard"](x, labels)[0].numel())  # warm-up
+        pair["batchhard"](x, labels)
+        for _ in range(args.reps):
+            for name, miner in pair.items():
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                miner(x, labels)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+        semi, hard = (1000 * statistics.median(times[k]) for k in ("semihard", "batchhard"))
+        print(f"| {batch} | {count:,} | {semi:.1f} | {hard:.1f} | {semi / hard:.2f} |", flush=True)
+
+
 def _fmt(res: dict, key: str, spec: str) -> str:
     return res["error"] if "error" in res else format(res[key], spec)
 
@@ -261,6 +309,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--mem-limit-gb", type=float, default=8.0)
+    parser.add_argument(
+        "--semihard", action="store_true", help="SemiHardMiner vs BatchHardMiner timing only"
+    )
     parser.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
@@ -274,6 +325,9 @@ def main() -> None:
         parser.error("--device cuda requested but CUDA is not available")
     if args.quick:
         args.sizes, args.reps = [128, 256], 1
+    if args.semihard:
+        _bench_semihard(args)
+        return
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(

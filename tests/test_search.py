@@ -254,3 +254,12 @@ def test_search_never_builds_the_probe_by_gallery_matrix(metric):
     ref_scores, ref_indices = reference_search(probes, gallery, k, metric)
     torch.testing.assert_close(scores, ref_scores, atol=1e-12, rtol=0)
     assert torch.equal(indices, ref_indices)
+
+
+def test_unknown_or_missing_device_is_a_clear_error(monkeypatch):
+    p, g = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"device must be a device such as .*got 'bogus'"):
+        search(p, g, 2, device="bogus")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda' needs CUDA"):
+        search(p, g, 2, device="cuda", use_faiss=False)

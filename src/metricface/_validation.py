@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "as_tensor",
+    "check_device",
     "check_embeddings",
     "check_finite",
     "check_label_array",
@@ -251,3 +252,41 @@ def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
                 f"entr{'y' if bad == 1 else 'ies'}"
             )
     return tensor
+
+
+def check_device(device: object, name: str = "device") -> torch.device:
+    """Parse a device argument (``torch.device``, a string such as ``"cuda:0"``, or a CUDA index)
+    and check that this machine has it, before any work is done there.
+
+    Raises
+    ------
+    TypeError
+        If ``device`` is none of those.
+    ValueError
+        If it names no device type torch knows (``"bogus"``), or a device this machine lacks
+        (``"cuda"`` without CUDA, ``"cuda:3"`` with two GPUs, ``"mps"`` off Apple silicon).
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:0', got {device!r}"
+            ) from None
+    else:
+        raise TypeError(
+            f"{name} must be a torch.device, a string such as 'cuda:0' or a CUDA index, got "
+            f"{type(device).__name__} {device!r}"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} needs CUDA, which is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r} needs MPS, which is not available here")
+    return dev

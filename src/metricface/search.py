@@ -28,7 +28,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from metricface._validation import as_tensor, check_embeddings, check_finite, check_scalar
+from metricface._validation import (
+    as_tensor,
+    check_device,
+    check_embeddings,
+    check_finite,
+    check_scalar,
+)
 
 __all__ = ["search"]
 
@@ -45,18 +51,28 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _check_pair(probes: object, gallery: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a (probes, gallery) pair of embedding matrices; return them as tensors."""
-    probes = check_embeddings(as_tensor(probes, "probes"), "probes")
-    gallery = check_embeddings(as_tensor(gallery, "gallery"), "gallery")
+def _check_pair(
+    probes: object,
+    gallery: object,
+    device: object = None,
+    names: tuple[str, str] = ("probes", "gallery"),
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """Validate a (probes, gallery) pair of embedding matrices and the compute device.
+
+    Returns the two as tensors and the device (the probes' one when ``device`` is ``None``).
+    ``names`` are the caller's argument names, used in the error messages.
+    """
+    p_name, g_name = names
+    probes = check_embeddings(as_tensor(probes, p_name), p_name)
+    gallery = check_embeddings(as_tensor(gallery, g_name), g_name)
     if probes.shape[1] != gallery.shape[1]:
         raise ValueError(
-            "probes and gallery must have the same embedding dimension, got "
+            f"{p_name} and {g_name} must have the same embedding dimension, got "
             f"{probes.shape[1]} and {gallery.shape[1]}"
         )
-    check_finite(probes, "probes")
-    check_finite(gallery, "gallery")
-    return probes, gallery
+    check_finite(probes, p_name)
+    check_finite(gallery, g_name)
+    return probes, gallery, probes.device if device is None else check_device(device)
 
 
 def _prepare(x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.device):
@@ -195,7 +211,7 @@ def search(
     ImportError
         ``use_faiss=True`` without faiss installed.
     """
-    probes, gallery = _check_pair(probes, gallery)
+    probes, gallery, device = _check_pair(probes, gallery, device)
     _check_metric(metric)
     check_scalar(k, "k", low=1, integer=True)
     if k > gallery.shape[0]:
@@ -204,7 +220,6 @@ def search(
     if use_faiss not in (True, False, "auto"):
         raise ValueError(f"use_faiss must be True, False or 'auto', got {use_faiss!r}")
     out_device = probes.device
-    device = probes.device if device is None else torch.device(device)
     dtype = _compute_dtype(probes, gallery)
 
     if use_faiss is not False:

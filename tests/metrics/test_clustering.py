@@ -211,3 +211,16 @@ def test_kmeans_cluster_accuracy_on_blobs():
 def test_kmeans_validation(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_kmeans_unknown_or_missing_device_is_a_clear_error(monkeypatch):
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match=r"device must be a device such as .*got 'bogus'"):
+        kmeans(x, 2, device="bogus")
+    with pytest.raises(TypeError, match=r"device must be a torch.device, a string"):
+        kmeans(x, 2, device=1.5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda' needs CUDA, which is not available"):
+        kmeans(x, 2, device="cuda")
+    with pytest.raises(ValueError, match=r"device=device\(type='cuda', index=0\) needs CUDA"):
+        kmeans_cluster_accuracy(x, torch.arange(10) % 2, device=torch.device("cuda:0"))

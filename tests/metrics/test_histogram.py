@@ -327,3 +327,12 @@ def test_all_pairs_of_integer_embeddings_equal_explicit_pairs(n, dim, block, bin
     ref = ScoreHistogram(bins, rng).update((labels[i] == labels[j]).numpy(), scores)
     np.testing.assert_array_equal(hist.genuine, ref.genuine)
     np.testing.assert_array_equal(hist.impostor, ref.impostor)
+
+
+def test_all_pairs_unknown_or_missing_device_is_a_clear_error(monkeypatch):
+    emb, labels = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match=r"device must be a device such as .*got 'bogus'"):
+        all_pairs_histogram(emb, labels, device="bogus")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda' needs CUDA"):
+        all_pairs_histogram(emb, labels, device="cuda")

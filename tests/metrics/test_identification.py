@@ -425,3 +425,64 @@ def test_open_set_thresholds_hold_when_applied_in_the_scores_dtype(dtype):
     for t, fpir, dir_ in zip(res.thresholds.tolist(), res.fpir, res.dir):
         assert (top[10:] >= t).double().mean().item() == fpir
         assert ((genuine >= t) & rank1).double().mean().item() == dir_
+
+
+# --------------------------------------------------------------------------- issue 14
+
+
+def _id_calls(device):
+    p, g = torch.randn(4, 3), torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 3])
+    return {
+        "cmc_curve": lambda: cmc_curve(p, labels, g, labels, device=device),
+        "top_k_accuracy": lambda: top_k_accuracy(p, labels, g, labels, device=device),
+        "open_set_identification": lambda: open_set_identification(
+            p, torch.tensor([0, 1, 2, 9]), g, labels, device=device
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["cmc_curve", "top_k_accuracy", "open_set_identification"])
+def test_unknown_or_missing_device_is_a_clear_error(name, monkeypatch):
+    with pytest.raises(ValueError, match=r"device must be a device such as .*got 'bogus'"):
+        _id_calls("bogus")[name]()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda' needs CUDA, which is not available"):
+        _id_calls("cuda")[name]()
+
+
+@pytest.mark.parametrize("fpir", ["a", "0.1", [0.1, "b"], None, {"a": 1}])
+def test_fpir_of_the_wrong_kind_names_fpir(fpir):
+    p, labels = torch.randn(3, 3), torch.tensor([0, 1, 5])
+    with pytest.raises(TypeError, match=r"fpir must be a number or a 1-d sequence of numbers"):
+        open_set_identification(p, labels, p[:2], labels[:2], fpir=fpir)
+    with pytest.raises(TypeError, match=r"fpir must be a number"):
+        open_set_identification_from_scores(np.eye(3, 2), labels, labels[:2], fpir=fpir)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: cmc_curve(torch.ones(2, 3), [0, 1], torch.ones(2, 4), [0, 1]),
+            r"probe_embeddings and gallery_embeddings must have the same embedding dimension",
+        ),
+        (
+            lambda: cmc_curve(torch.ones(3), [0, 1, 2], torch.ones(2, 3), [0, 1]),
+            r"probe_embeddings must have shape \(batch, dim\)",
+        ),
+        (
+            lambda: open_set_identification(
+                torch.tensor([[float("nan"), 0.0]]), [5], torch.ones(1, 2), [0]
+            ),
+            r"probe_embeddings must contain only finite values",
+        ),
+        (
+            lambda: top_k_accuracy(torch.ones(2, 2), [0, 1], "x", [0, 1]),
+            r"gallery_embeddings must be a torch.Tensor or a NumPy array",
+        ),
+    ],
+)
+def test_embedding_errors_name_the_arguments(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()

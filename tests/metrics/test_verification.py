@@ -518,3 +518,71 @@ def test_negative_infinity_and_torch_nan_are_refused(fn):
         fn([1, 0], [-np.inf, 0.2], *extra)
     with pytest.raises(ValueError, match=r"y_score must be finite, got nan at index 2"):
         fn(torch.tensor([1, 0, 1]), torch.tensor([0.1, 0.2, float("nan")]), *extra)
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.parametrize(
+    "counts", [(1, 4, 2), (1, 4, 4), (3, 0, 5), (2, 7, 1), (5, 1, 6), (1, 0, 1)]
+)
+@pytest.mark.parametrize("impostor_copies", [1, 2, 3])
+def test_eer_is_exactly_half_on_a_diagonal_roc(counts, impostor_copies):
+    """Genuine and impostor scores with the same distribution over {-1, 0, 1}: the ROC is the
+    diagonal, so the EER is 0.5 exactly (interpolating rounded rates gave 0.49999999999999994,
+    which failed test_eer_at_most_half_when_roc_above_diagonal)."""
+    values = np.repeat([-1.0, 0.0, 1.0], counts)
+    s = np.concatenate((values, np.tile(values, impostor_copies)))
+    y = np.array([1] * values.size + [0] * (values.size * impostor_copies))
+    fpr, tpr, _ = roc_curve(y, s)
+    np.testing.assert_array_equal(fpr, tpr)
+    assert equal_error_rate(y, s) == 0.5
+    assert equal_error_rate(1 - y, -s) == 0.5
+
+
+BIG = 2**53
+
+
+@pytest.mark.parametrize(
+    "cast", [np.array, torch.tensor, lambda v: torch.tensor(v).numpy().astype(np.uint64)]
+)
+def test_integer_scores_above_2_53_keep_their_order(cast):
+    """int64 scores above 2**53 used to be cast to float64, where BIG and BIG + 1 merge."""
+    y = [0, 1, 0, 1]
+    s = cast([BIG, BIG + 1, BIG + 2, BIG + 3])
+    assert roc_auc([0, 1], cast([BIG, BIG + 1])) == 1.0
+    assert roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, np.asarray(s)), abs=0) == 0.75
+    fpr, tpr, _ = roc_curve(y, s)
+    ref = skm.roc_curve(y, np.asarray(s).astype(np.int64), drop_intermediate=False)
+    np.testing.assert_array_equal(fpr, ref[0])
+    np.testing.assert_array_equal(tpr, ref[1])
+    # points (0, .5), (.5, .5), (.5, 1), (1, 1): FRR = FAR = 0.5 at the second point
+    assert equal_error_rate(y, s) == 0.5
+    assert brentq_eer(y, np.asarray(s).astype(np.int64)) == pytest.approx(0.5, abs=1e-10)
+    assert tar_at_far(y, s, 0.5) == 1.0
+    with pytest.warns(UserWarning, match="below 1 / n_impostor"):
+        assert tar_at_far(y, s, 0.49, return_threshold=True) == (0.5, float(BIG + 3))
+
+
+def test_integer_scores_at_the_int64_limits():
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    y = [1, 0, 1, 0]
+    s = np.array([hi, hi - 1, lo + 1, lo])
+    assert roc_auc(y, s) == 0.75
+    assert equal_error_rate(y, s) == 0.5
+    assert tar_at_far(y, s, 0.5, return_threshold=True) == (1.0, float(lo + 1))
+    with pytest.warns(UserWarning, match="below 1 / n_impostor"):
+        assert tar_at_far(y, s, 0.49, return_threshold=True) == (0.5, float(hi))
+
+
+def test_uint64_scores_beyond_int64_are_refused():
+    with pytest.raises(ValueError, match=r"y_score of dtype uint64 must be below 2\*\*63"):
+        roc_auc([0, 1], np.array([1, 2**63], dtype=np.uint64))
+
+
+def test_kfold_refuses_integer_scores_beyond_float64_precision():
+    y = np.array([1, 0] * 10)
+    s = np.arange(20, dtype=np.int64) + BIG
+    with pytest.raises(ValueError, match=r"y_score must be within \+-2\*\*53.*index 1"):
+        kfold_verification_accuracy(y, s)
+    assert kfold_verification_accuracy(y, s - BIG, n_folds=2)[0] >= 0.0

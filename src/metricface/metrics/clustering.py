@@ -17,7 +17,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from metricface._validation import as_tensor, check_embeddings, check_finite, check_scalar
+from metricface._validation import (
+    as_tensor,
+    check_device,
+    check_embeddings,
+    check_finite,
+    check_scalar,
+)
 
 __all__ = [
     "KMeansResult",
@@ -277,7 +283,7 @@ def kmeans(
     check_scalar(max_iter, "max_iter", low=1, integer=True)
     check_scalar(tol, "tol", low=0)
     check_scalar(seed, "seed", integer=True)
-    device = x.device if device is None else torch.device(device)
+    device = x.device if device is None else check_device(device)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(device=device, dtype=dtype)
     mean = x.mean(0)

@@ -35,7 +35,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricface._validation import check_embeddings, check_finite, check_labels, check_scalar
+from metricface._validation import (
+    check_device,
+    check_embeddings,
+    check_finite,
+    check_labels,
+    check_scalar,
+)
 from metricface.metrics._checks import check_binary_scores, check_far_targets
 from metricface.metrics.verification import (
     OperatingPoints,
@@ -273,7 +279,7 @@ def all_pairs_histogram(
     check_labels(labels, embeddings.shape[0])
     hist = ScoreHistogram(bins, range)  # validates bins and range
     n = embeddings.shape[0]
-    dev = torch.device(device) if device is not None else embeddings.device
+    dev = check_device(device) if device is not None else embeddings.device
     if block_size is None:
         block_size = 1024 if dev.type == "cpu" else 8192
     check_scalar(block_size, "block_size", low=1, integer=True)

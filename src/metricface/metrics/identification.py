@@ -180,12 +180,13 @@ def _summary_from_embeddings(
     chunk_size,
     check: _Check,
 ) -> _ProbeSummary:
-    probes, gallery = _check_pair(probe_embeddings, gallery_embeddings)
+    probes, gallery, device = _check_pair(
+        probe_embeddings, gallery_embeddings, device, ("probe_embeddings", "gallery_embeddings")
+    )
     probe_labels = _labels(probe_labels, probes.shape[0], "probe_labels")
     gallery_labels = _labels(gallery_labels, gallery.shape[0], "gallery_labels")
     _check_metric(metric)
     check_scalar(chunk_size, "chunk_size", low=1, integer=True)
-    device = probes.device if device is None else torch.device(device)
     gallery_index, probe_index, n_ids = _index_identities(probe_labels, gallery_labels)
     check(probe_index.numpy() >= 0, n_ids)
     blocks = _blocks_from_embeddings(
@@ -360,7 +361,17 @@ def top_k_accuracy(
 
 
 def _fpir_targets(fpir: Sequence[float] | float) -> np.ndarray:
-    targets = np.atleast_1d(np.asarray(fpir, dtype=np.float64))
+    targets = None
+    if fpir is not None and not isinstance(fpir, (str, bytes)):  # numpy parses "0.1", None
+        try:
+            targets = np.atleast_1d(np.asarray(fpir, dtype=np.float64))
+        except (TypeError, ValueError):  # "a", [0.1, "b"], None, ...
+            pass
+    if targets is None:
+        raise TypeError(
+            f"fpir must be a number or a 1-d sequence of numbers, got {type(fpir).__name__} "
+            f"{fpir!r}"
+        )
     if targets.ndim != 1 or targets.size == 0:
         raise ValueError(f"fpir must be a number or a 1-d sequence of numbers, got {fpir!r}")
     if not np.all((targets >= 0) & (targets <= 1)):

@@ -10,10 +10,20 @@ Conventions (see the verification guide for the math):
 * The EER is the FAR where that curve meets ``FRR = FAR``, found in closed form on the one
   segment where ``FRR - FAR`` changes sign.
 
-Algorithm: one ``np.sort`` of all scores finds the distinct thresholds; the scores of the smaller
-class are located among them with a binary search, and cumulative sums give the genuine and
-impostor counts at every threshold. Everything after the sort is ``O(n)``. All metrics are derived
-from these integer counts (:class:`OperatingPoints`), which the histogram module builds too.
+Algorithms:
+
+* Curves (:func:`roc_curve`, :func:`det_curve`, :func:`roc_auc`, k-fold accuracy): one
+  ``np.sort`` of all scores finds the distinct thresholds; the scores of the smaller class are
+  located among them with a binary search, and cumulative sums give the genuine and impostor
+  counts at every threshold (:class:`OperatingPoints`, which the histogram module builds too).
+* :func:`equal_error_rate` and :func:`tar_at_far` need the counts at only two adjacent
+  thresholds, which a radix selection on the scores' bit patterns finds in ``O(n)`` without a
+  sort, on the scores' own device (histograms of the top bits of order-preserving integer keys,
+  refined inside one bucket). Both algorithms count exactly, in integers, and give
+  bit-identical results (the tests check).
+
+Integer scores keep their exact order (an int64 above ``2**53`` is never rounded to a float);
+returned thresholds are floats.
 """
 
 from __future__ import annotations
@@ -26,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from metricface._validation import check_scalar
-from metricface.metrics._checks import check_binary_scores, check_far_targets, to_numpy
+from metricface.metrics._checks import (
+    check_binary_arrays,
+    check_binary_scores,
+    check_far_targets,
+    to_numpy,
+)
+from metricface.metrics._threshold_search import ThresholdSearch
 
 __all__ = [
     "det_curve",
@@ -63,7 +79,8 @@ class OperatingPoints:
 
 
 def operating_points(labels: np.ndarray, scores: np.ndarray) -> OperatingPoints:
-    """Counts at every distinct score from validated bool ``labels`` and float64 ``scores``."""
+    """Counts at every distinct score from validated bool ``labels`` and float64 or int64
+    ``scores`` (thresholds are returned as float64)."""
     n = scores.shape[0]
     ordered = np.sort(scores)  # ascending; one sort of everything
     first = np.empty(n, dtype=bool)
@@ -109,10 +126,12 @@ def eer_segment(op: OperatingPoints) -> tuple[int, float]:
     ``d = FRR - FAR`` is non-increasing along the curve, ``+1`` at ``(0, 0)`` and ``-1`` at
     ``(1, 1)``; ``k`` is the first point with ``d <= 0``.
     """
-    # d scaled by n_pos * n_neg, in float64: exact while n_pos * n_neg < 2**53; beyond that,
-    # rounding can only move the crossing by a relative 1e-16 (d is continuous along the curve).
-    d = (op.n_pos - op.tps) * float(op.n_neg) - op.fps * float(op.n_pos)
-    k = int(np.searchsorted(-d, 0.0, side="left"))
+    n_pos, n_neg = op.n_pos, op.n_neg
+    if op.tps.dtype.kind in "iu" and n_pos * n_neg < 2**62:
+        d = (n_pos - op.tps) * n_neg - op.fps * n_pos  # d scaled by n_pos * n_neg, exact
+    else:  # float64 counts (huge histograms): rounding moves the crossing by ~1e-16
+        d = (n_pos - op.tps) * float(n_neg) - op.fps * float(n_pos)
+    k = int(np.searchsorted(-d, 0, side="left"))
     da, db = d[k - 1], d[k]
     return k, float(da / (da - db))
 
@@ -122,13 +141,60 @@ def _lerp(a: float, b: float, s: float) -> float:
     return float((1.0 - s) * a + s * b)
 
 
+def eer_on_segment(
+    tp_a: int, fp_a: int, tp_b: int, fp_b: int, n_pos: int, n_neg: int, t_a: float, t_b: float
+) -> tuple[float, float]:
+    """EER and its threshold on the ROC segment ``a -> b`` (thresholds ``t_a > t_b``) where
+    ``FRR - FAR`` goes from positive to ``<= 0``.
+
+    The counts are integers, so the crossing is a rational number, computed with one rounding:
+    the EER is exactly 0.5 on a diagonal ROC, for instance, and mirrored problems give the same
+    float. The threshold is interpolated between ``t_a`` and ``t_b`` (``t_b`` when ``t_a`` is
+    ``+inf``, the ``(0, 0)`` point).
+    """
+    tp_a, fp_a, tp_b, fp_b = int(tp_a), int(fp_a), int(tp_b), int(fp_b)
+    da = (n_pos - tp_a) * n_neg - fp_a * n_pos  # (FRR - FAR) * n_pos * n_neg, > 0
+    db = (n_pos - tp_b) * n_neg - fp_b * n_pos  # <= 0
+    den = da - db
+    # FAR at the crossing: (fp_a + s (fp_b - fp_a)) / n_neg with s = da / den
+    eer = (fp_a * den + da * (fp_b - fp_a)) / (n_neg * den)  # exact integers, one rounding
+    s = da / den
+    threshold = float(t_b) if not math.isfinite(t_a) else _lerp(t_a, t_b, s)
+    return eer, threshold
+
+
 def eer_from_points(op: OperatingPoints) -> tuple[float, float]:
     """EER and its interpolated score threshold (see :func:`equal_error_rate`)."""
-    k, s = eer_segment(op)
-    eer = _lerp(op.fps[k - 1] / op.n_neg, op.fps[k] / op.n_neg, s)
-    ta, tb = float(op.thresholds[k - 1]), float(op.thresholds[k])
-    threshold = tb if not math.isfinite(ta) else _lerp(ta, tb, s)
-    return eer, threshold
+    k, _ = eer_segment(op)
+    return eer_on_segment(
+        op.tps[k - 1],
+        op.fps[k - 1],
+        op.tps[k],
+        op.fps[k],
+        op.n_pos,
+        op.n_neg,
+        float(op.thresholds[k - 1]),
+        float(op.thresholds[k]),
+    )
+
+
+def eer_from_search(search: ThresholdSearch, want_threshold: bool = True) -> tuple[float, float]:
+    """EER and its threshold in ``O(n)``: the same numbers as :func:`eer_from_points`.
+
+    The segment is the one between the highest score ``lo`` with ``FRR(lo) <= FAR(lo)``,
+    i.e. ``#(genuine < lo) * n_neg <= #(impostor >= lo) * n_pos``, and the next score above it.
+    Without ``want_threshold`` the returned threshold is not interpolated (one pass saved).
+    """
+    n_pos, n_neg = search.n_pos, search.n_neg
+    if n_pos * n_neg < 2**62:
+        pred = lambda g, i: g * n_neg - i * n_pos <= 0  # noqa: E731  (exact in int64)
+    else:
+        pred = lambda g, i: g * float(n_neg) - i * float(n_pos) <= 0  # noqa: E731
+    bd = search.boundary(pred, want_hi=want_threshold)
+    tp_b, fp_b = n_pos - bd.g_below, bd.i_above + bd.i_at  # at lo
+    tp_a, fp_a = tp_b - bd.g_at, bd.i_above  # at hi, the next score up
+    t_a = bd.hi if bd.hi is not None else math.inf
+    return eer_on_segment(tp_a, fp_a, tp_b, fp_b, n_pos, n_neg, t_a, bd.lo)
 
 
 def auc_from_points(op: OperatingPoints) -> float:
@@ -138,22 +204,66 @@ def auc_from_points(op: OperatingPoints) -> float:
     return float(np.dot(dfp, heights) / (2.0 * op.n_pos * op.n_neg))
 
 
+def _warn_below_resolution(targets: np.ndarray, n_neg: int, name: str) -> None:
+    low = targets[targets * n_neg < 1]
+    if low.size:
+        warnings.warn(
+            f"{name} target(s) {low.tolist()} below 1 / n_impostor = {1 / n_neg:.3g}: "
+            "with this few impostor pairs the only operating point that meets the target is "
+            "FAR = 0, so TAR@FAR is the TAR at zero false accepts",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def tar_from_points(
     op: OperatingPoints, targets: np.ndarray, name: str = "far"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Largest TAR over thresholds with ``FAR <= target``, and those thresholds."""
-    low = targets[targets * op.n_neg < 1]
-    if low.size:
-        warnings.warn(
-            f"{name} target(s) {low.tolist()} below 1 / n_impostor = {1 / op.n_neg:.3g}: "
-            "with this few impostor pairs the only operating point that meets the target is "
-            "FAR = 0, so TAR@FAR is the TAR at zero false accepts",
-            UserWarning,
-            stacklevel=3,
-        )
+    _warn_below_resolution(targets, op.n_neg, name)
     fpr = op.fpr
     idx = np.searchsorted(fpr, targets, side="right") - 1
     return op.tps[idx] / op.n_pos, op.thresholds[idx]
+
+
+def _max_false_accepts(target: float, n_neg: int) -> int:
+    """Largest count ``c`` with ``c / n_neg <= target`` in float64, as :attr:`OperatingPoints.fpr`
+    compares it."""
+    c = min(n_neg, int(target * n_neg))
+    while c < n_neg and (c + 1) / n_neg <= target:
+        c += 1
+    while c > 0 and c / n_neg > target:
+        c -= 1
+    return c
+
+
+def tar_from_search(
+    search: ThresholdSearch,
+    targets: np.ndarray,
+    name: str = "far",
+    want_threshold: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tar_from_points` in ``O(n)`` per target, with the same numbers.
+
+    With at most ``c`` false accepts allowed, the best threshold is the lowest score above
+    ``lo``, the highest score with ``#(impostor >= lo) > c``. Without ``want_threshold`` the
+    thresholds are NaN (one pass saved per target).
+    """
+    _warn_below_resolution(targets, search.n_neg, name)
+    n_pos, n_neg = search.n_pos, search.n_neg
+    found: dict[int, tuple[float, float]] = {}
+    for target in targets.tolist():
+        c = _max_false_accepts(target, n_neg)
+        if c in found:
+            continue
+        if c >= n_neg:  # accept everything
+            found[c] = (n_pos / n_pos, search.min_score)
+            continue
+        bd = search.boundary(lambda g, i, c=c: i > c, want_hi=want_threshold)
+        tar = (n_pos - bd.g_below - bd.g_at) / n_pos
+        found[c] = (tar, bd.hi if bd.hi is not None else math.nan)
+    rows = [found[_max_false_accepts(t, n_neg)] for t in targets.tolist()]
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,11 +366,19 @@ def equal_error_rate(
     Computed in closed form on the one ROC segment where ``FRR - FAR`` changes sign; equal to
     ``brentq(lambda x: 1 - x - np.interp(x, fpr, tpr), 0, 1)`` over the ROC. Invariant under
     strictly increasing transforms of the scores and never increased by raising a genuine score.
+    The crossing is computed exactly from integer counts (one rounding at the end): a diagonal
+    ROC gives exactly 0.5.
+
+    ``O(n)``, without sorting the scores: the segment is found by a radix selection on the
+    scores' bit patterns (see :mod:`metricface.metrics.verification`), on the scores' device
+    for tensors on an accelerator (no copy to the host). The result is identical to reading
+    the segment off :func:`roc_curve`.
 
     Parameters
     ----------
     y_true, y_score : array-like of shape (n,)
-        Labels (1 genuine, 0 impostor) and similarity scores.
+        Labels (1 genuine, 0 impostor) and similarity scores (floating-point of any precision,
+        or integers, whose order is exact even above ``2**53``).
     return_threshold : bool
         Also return the score threshold linearly interpolated between the two operating points
         of that segment (the upper one's score when the segment starts at ``(0, 0)``).
@@ -273,7 +391,8 @@ def equal_error_rate(
     threshold : float
         Only when ``return_threshold=True``.
     """
-    eer, threshold = eer_from_points(_points(y_true, y_score))
+    search = ThresholdSearch(*check_binary_arrays(y_true, y_score))
+    eer, threshold = eer_from_search(search, want_threshold=return_threshold)
     return (eer, threshold) if return_threshold else eer
 
 
@@ -282,6 +401,8 @@ def tar_at_far(y_true: Any, y_score: Any, far: Any, return_threshold: bool = Fal
 
     Only real operating points are used (no interpolation), so the returned threshold achieves
     the reported TAR with a FAR not above the target. Warns when ``far * n_impostor < 1``.
+    ``O(n)`` per target without sorting the scores, as :func:`equal_error_rate`; identical to
+    reading the operating points off :func:`roc_curve`.
 
     Parameters
     ----------
@@ -300,7 +421,8 @@ def tar_at_far(y_true: Any, y_score: Any, far: Any, return_threshold: bool = Fal
         Only when ``return_threshold=True``.
     """
     targets, scalar = check_far_targets(far)
-    tar, thr = tar_from_points(_points(y_true, y_score), targets)
+    search = ThresholdSearch(*check_binary_arrays(y_true, y_score))
+    tar, thr = tar_from_search(search, targets, want_threshold=return_threshold)
     if scalar:
         tar, thr = float(tar[0]), float(thr[0])
     return (tar, thr) if return_threshold else tar
@@ -368,6 +490,13 @@ def kfold_verification_accuracy(
         every pair is).
     """
     labels, scores = check_binary_scores(y_true, y_score)
+    beyond = (scores > 2**53) | (scores < -(2**53)) if scores.dtype.kind == "i" else None
+    if beyond is not None and beyond.any():
+        i = int(np.argmax(beyond))
+        raise ValueError(
+            "y_score must be within +-2**53 for kfold_verification_accuracy, whose thresholds "
+            f"are float64 midpoints between scores, got {int(scores[i])} at index {i}"
+        )
     n = scores.shape[0]
     if folds is None:
         check_scalar(n_folds, "n_folds", low=2, high=n, integer=True)

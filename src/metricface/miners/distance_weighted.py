@@ -21,7 +21,8 @@ class DistanceWeightedMiner(BaseMiner):
     positive pair ``(a, p)`` one negative is drawn from anchor ``a``'s weights with torch's RNG;
     anchors with no eligible negative are skipped. Weights are normalised per anchor in log
     space, so no anchor underflows (the peer subtracts one global maximum). Only the
-    Euclidean distance is meaningful here. Memory O(B^2), chunked over positive pairs.
+    Euclidean distance is meaningful here. Each anchor draws all its negatives (one per
+    positive pair, with replacement) in one call: time and memory O(B R).
 
     Parameters
     ----------
@@ -29,8 +30,10 @@ class DistanceWeightedMiner(BaseMiner):
         Distances below it are treated as ``cutoff`` (bounds the weights), in ``(0, 2)``.
     nonzero_loss_cutoff : float
         Negatives at this distance or farther are never sampled, in ``(cutoff, 2]``.
-    max_triplets, chunk_elements
+    max_triplets
         See :class:`~metricface.miners.base.BaseMiner`.
+    chunk_elements
+        Accepted for a uniform signature; sampling needs no blocks.
     """
 
     def __init__(
@@ -68,15 +71,17 @@ class DistanceWeightedMiner(BaseMiner):
         logw = self.log_weights(dis, neg)
         has_neg = torch.isfinite(logw).any(dim=1)
         probs = torch.softmax(logw.masked_fill(~has_neg.unsqueeze(1), 0.0), dim=1)
-        out_a, out_p, out_n = [], [], []
-        for a, p in self._pair_chunks(pos & has_neg.unsqueeze(1)):
-            out_a.append(a)
-            out_p.append(p)
-            out_n.append(torch.multinomial(probs[a], 1, replacement=True).squeeze(1))
-        if not out_a:
-            empty = torch.empty(0, dtype=torch.long, device=dis.device)
-            return empty, empty.clone(), empty.clone()
-        return self._cap((torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)))
+        a, p = (pos & has_neg.unsqueeze(1)).nonzero(as_tuple=True)  # row-major
+        if a.numel() == 0:
+            return self._cap((a, p, p.clone()))
+        # every positive pair of an anchor draws from the same weights: draw as many as the
+        # anchor has pairs, once per anchor, O(B R) instead of O(#pairs x R)
+        per_anchor = torch.bincount(a, minlength=dis.shape[0])
+        draws = torch.multinomial(probs, int(per_anchor.max()), replacement=True)
+        slot = (
+            torch.arange(a.numel(), device=a.device) - (torch.cumsum(per_anchor, 0) - per_anchor)[a]
+        )
+        return self._cap((a, p, draws[a, slot]))
 
     def extra_repr(self) -> str:
         return (

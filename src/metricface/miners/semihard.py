@@ -13,10 +13,15 @@ class SemiHardMiner(_MarginTripletMiner):
     """For every positive pair, the nearest negative that is farther than the positive.
 
     FaceNet's selection: for each anchor-positive pair ``(a, p)`` the negative ``n`` minimises
-    ``D(a, n)`` subject to ``D(a, p) < D(a, n) < D(a, p) + margin``. Pairs with no such
-    negative are dropped, so at most one triplet per positive pair is returned. (For *every*
-    semi-hard triplet use ``TripletMarginMiner(type_of_triplets="semihard")``.) Memory is
-    O(B^2), computed in chunks of positive pairs.
+    ``D(a, n)`` subject to ``D(a, p) < D(a, n) < D(a, p) + margin`` (the lowest index among
+    equally distant negatives). Pairs with no such negative are dropped, so at most one triplet
+    per positive pair is returned, in row-major ``(a, p)`` order. (For *every* semi-hard triplet
+    use ``TripletMarginMiner(type_of_triplets="semihard")``.)
+
+    Cost ``O(B R log K)`` for ``K`` positives per anchor, never ``O(#pairs x R)``: each
+    anchor's positive distances are sorted once, every negative is located among them by
+    binary search, and the nearest negative past each positive distance is a per-interval
+    minimum. Memory O(B R), in blocks of ``chunk_elements``.
 
     Parameters
     ----------
@@ -29,18 +34,61 @@ class SemiHardMiner(_MarginTripletMiner):
     _positive_margin = True
 
     def mine(self, dis, pos, neg):
-        out_a, out_p, out_n = [], [], []
-        for a, p in self._pair_chunks(pos):
-            d_ap = dis[a, p].unsqueeze(1)
-            d_an = dis[a]
-            ok = neg[a] & (d_an > d_ap) & (d_an < d_ap + self.margin)
-            scores = torch.where(ok, d_an, torch.full_like(d_an, float("inf")))
-            n = scores.argmin(dim=1)
-            has = ok.any(dim=1)
-            out_a.append(a[has])
-            out_p.append(p[has])
-            out_n.append(n[has])
-        if not out_a:
-            empty = torch.empty(0, dtype=torch.long, device=dis.device)
-            return empty, empty.clone(), empty.clone()
-        return self._cap((torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)))
+        if bool(torch.isnan(dis).any()):  # a NaN distance never qualifies; neither does +inf
+            dis = dis.nan_to_num(nan=float("inf"))
+        rows = max(1, self.chunk_elements // max(1, dis.shape[1]))
+        parts = []
+        for start in range(0, dis.shape[0], rows):
+            stop = start + rows
+            a, p, n = _nearest_farther_negatives(
+                dis[start:stop], pos[start:stop], neg[start:stop], self.margin
+            )
+            parts.append((a + start, p, n))
+        return self._cap(tuple(torch.cat(column) for column in zip(*parts)))
+
+
+def _nearest_farther_negatives(
+    dis: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Semi-hard triplets of one block of anchor rows, in row-major ``(a, p)`` order.
+
+    With anchor ``a``'s positive distances sorted, ``q_0 <= ... <= q_{k-1}``, a negative at
+    distance ``v`` falls in interval ``#(q_j < v)``. The nearest negative farther than ``q_j``
+    is the minimum of the first non-empty interval ``> j`` (intervals hold increasing
+    distances), and it is semi-hard when it is closer than ``q_j + margin``.
+    """
+    b, r = dis.shape
+    device = dis.device
+    a_all, p_all = pos.nonzero(as_tuple=True)  # positive pairs, row-major
+    if a_all.numel() == 0:
+        return a_all, p_all, p_all.clone()
+    per_anchor = torch.bincount(a_all, minlength=b)
+    k = int(per_anchor.max())
+    slot = (
+        torch.arange(a_all.numel(), device=device)
+        - (torch.cumsum(per_anchor, 0) - per_anchor)[a_all]
+    )
+    inf = float("inf")
+    q = torch.full((b, k), inf, dtype=dis.dtype, device=device)
+    q[a_all, slot] = dis[a_all, p_all]
+    q, order = q.sort(dim=1)  # padding (+inf) last; a +inf positive never finds a negative
+    neg_d = torch.where(neg, dis, inf)
+    interval = torch.searchsorted(q, neg_d)  # #(q_j < v): (b, r) in [0, k]
+    low = torch.full((b, k + 1), inf, dtype=dis.dtype, device=device)
+    low.scatter_reduce_(1, interval, neg_d, "amin")
+    # the lowest column among the negatives at each interval's minimum
+    hit_a, hit_n = ((neg_d == low.gather(1, interval)) & (neg_d < inf)).nonzero(as_tuple=True)
+    low_n = torch.full((b * (k + 1),), r, dtype=torch.long, device=device)
+    low_n.scatter_reduce_(0, hit_a * (k + 1) + interval[hit_a, hit_n], hit_n, "amin")
+    low_n = low_n.view(b, k + 1)
+    # first non-empty interval >= j + 1 for the j-th positive
+    ids = torch.arange(k + 1, device=device)
+    first = torch.where(low < inf, ids, k + 1).flip(1).cummin(1).values.flip(1)[:, 1:]
+    at = first.clamp(max=k)
+    found = (first <= k) & (low.gather(1, at) < q + margin)
+    chosen = torch.where(found, low_n.gather(1, at), -1)
+    # back from sorted positions to the positive pairs' order
+    rank = torch.empty_like(order).scatter_(1, order, ids[:k].expand(b, k).contiguous())
+    n = chosen[a_all, rank[a_all, slot]]
+    keep = n >= 0
+    return a_all[keep], p_all[keep], n[keep]
