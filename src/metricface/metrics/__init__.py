@@ -1,5 +1,6 @@
 """Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification and clustering."""
 
+from metricface.metrics._checks import check_binary_scores
 from metricface.metrics.clustering import (
     KMeansResult,
     KMeansScores,
@@ -17,7 +18,11 @@ from metricface.metrics.identification import (
     open_set_identification_from_scores,
     top_k_accuracy,
 )
-from metricface.metrics.report import VerificationReport, verification_report
+from metricface.metrics.report import (
+    VerificationReport,
+    verification_report,
+    verification_report_from_embeddings,
+)
 from metricface.metrics.verification import (
     det_curve,
     equal_error_rate,
@@ -34,6 +39,7 @@ __all__ = [
     "ScoreHistogram",
     "VerificationReport",
     "all_pairs_histogram",
+    "check_binary_scores",
     "cluster_accuracy",
     "cmc_curve",
     "cmc_curve_from_scores",
@@ -50,4 +56,5 @@ __all__ = [
     "tar_at_far",
     "top_k_accuracy",
     "verification_report",
+    "verification_report_from_embeddings",
 ]
