@@ -12,6 +12,7 @@ holds everything a ROC or DET curve needs); the metrics never import it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -236,7 +237,9 @@ def plot_score_histogram(
             label=f"{name} ({int(mask.sum())})",
         )
     if mark_eer:
-        report = verification_report(labels, scores, far_targets=(1.0,))
+        with warnings.catch_warnings():  # the histogram itself shows reversed scores
+            warnings.filterwarnings("ignore", "y_score ranks impostor", UserWarning)
+            report = verification_report(labels, scores, far_targets=(1.0,))
         eer, threshold = report.eer, report.eer_threshold
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"EER threshold ({100 * eer:.2f}%)")
     ax.set_xlabel("Similarity score")

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from metricface.metrics import (
     VerificationReport,
+    all_pair_scores,
     equal_error_rate,
     roc_auc,
     roc_curve,
@@ -101,6 +102,9 @@ def test_report_from_embeddings_equals_explicit_pairs(data, block_size):
     """Integer embeddings score exactly in float64: both sides see the same ties."""
     emb, labels = torch.tensor(data[0], dtype=torch.float32), torch.tensor(data[1])
     y, s = _explicit_pairs(emb, labels, normalize=False)
+    got_y, got_s = all_pair_scores(emb, labels, normalize=False, block_size=block_size)
+    np.testing.assert_array_equal(got_y, y)  # the same pairs, in the same order
+    np.testing.assert_array_equal(got_s, s)
     assume(0 < y.sum() < len(y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -144,5 +148,7 @@ def test_report_from_embeddings_validation():
     bad[1, 1] = float("inf")
     with pytest.raises(ValueError, match="finite"):
         verification_report_from_embeddings(bad, torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="at least 2 rows to form a pair, got 1"):
+        all_pair_scores(emb[:1], torch.tensor([0]))
     with pytest.raises(ValueError, match="block_size"):
         verification_report_from_embeddings(emb, torch.tensor([0, 0, 1, 1]), block_size=0)

@@ -20,6 +20,7 @@ from metricface.metrics.identification import (
 )
 from metricface.metrics.report import (
     VerificationReport,
+    all_pair_scores,
     verification_report,
     verification_report_from_embeddings,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "OpenSetResult",
     "ScoreHistogram",
     "VerificationReport",
+    "all_pair_scores",
     "all_pairs_histogram",
     "check_binary_scores",
     "cluster_accuracy",

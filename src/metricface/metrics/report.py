@@ -34,7 +34,12 @@ from metricface.metrics.verification import (
     tar_from_points,
 )
 
-__all__ = ["VerificationReport", "verification_report", "verification_report_from_embeddings"]
+__all__ = [
+    "VerificationReport",
+    "all_pair_scores",
+    "verification_report",
+    "verification_report_from_embeddings",
+]
 
 #: Default FAR targets of the TAR@FAR rows.
 DEFAULT_FAR_TARGETS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -171,6 +176,81 @@ def _pair_counts(labels: torch.Tensor) -> tuple[int, int]:
     return genuine, n * (n - 1) // 2 - genuine
 
 
+def all_pair_scores(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    normalize: bool = True,
+    block_size: int = 1 << 22,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair of ``embeddings`` as ``(y_true, y_score)``, scored in blocks.
+
+    Pair ``(i, j)`` with ``i < j`` is genuine when ``labels[i] == labels[j]``. Its score is the
+    float64 dot product of the (normalised) embeddings, computed in row blocks of the
+    ``(N, N)`` similarity matrix and written straight into the output, so memory holds the
+    ``N (N - 1) / 2`` scores and one block, never a ``(pairs, D)`` tensor.
+
+    Parameters
+    ----------
+    embeddings : torch.Tensor of shape (N, D)
+        Floating point, on any device (half precision is widened).
+    labels : torch.Tensor of shape (N,)
+        Integer identity ids.
+    normalize : bool
+        L2-normalise the embeddings first (cosine similarity); otherwise plain dot products.
+    block_size : int
+        About how many similarities one block holds (``8 * block_size`` bytes); rows are taken
+        ``block_size // N`` at a time (at least one).
+    device : str or torch.device, optional
+        Where to compute the blocks; defaults to the device of ``embeddings``.
+
+    Returns
+    -------
+    y_true : numpy.ndarray of shape (N (N - 1) / 2,), bool
+        ``True`` for a genuine pair, in row-major order of the upper triangle: ``(0, 1), (0,
+        2), ..., (0, N - 1), (1, 2), ...``.
+    y_score : numpy.ndarray of shape (N (N - 1) / 2,), float64
+        Similarity of each pair, in the same order.
+
+    Raises
+    ------
+    TypeError
+        If ``embeddings`` is not a floating-point tensor or ``labels`` not an integer tensor.
+    ValueError
+        If the shapes disagree, fewer than two embeddings are given, or an embedding is not
+        finite.
+    """
+    check_embeddings(embeddings)
+    check_finite(embeddings, "embeddings")
+    check_labels(labels, embeddings.shape[0])
+    check_scalar(block_size, "block_size", low=1, integer=True)
+    n = embeddings.shape[0]
+    if n < 2:
+        raise ValueError(f"embeddings must hold at least 2 rows to form a pair, got {n}")
+    dev = torch.device(device) if device is not None else embeddings.device
+    x = embeddings.detach().to(device=dev, dtype=torch.float64)
+    if normalize:
+        x = F.normalize(x, dim=1)
+    y = labels.detach().to(dev)
+    scores = np.empty(n * (n - 1) // 2, dtype=np.float64)
+    genuine = np.empty(scores.shape[0], dtype=np.bool_)
+    index = torch.arange(n, device=dev)
+    start = 0  # pairs (i, j > i) in row-major order: rows i0..i1 fill one contiguous range
+    i0 = 0
+    with torch.autocast(dev.type, enabled=False):  # similarities in float64 under autocast too
+        while i0 < n - 1:
+            i1 = min(n - 1, i0 + max(1, block_size // (n - i0)))
+            sim = x[i0:i1] @ x[i0:].T  # (rows, n - i0): column c is embedding i0 + c
+            upper = index[None, i0:] > index[i0:i1, None]  # j > i
+            block = sim[upper].cpu().numpy()
+            stop = start + block.shape[0]
+            scores[start:stop] = block
+            genuine[start:stop] = (y[i0:i1, None] == y[None, i0:])[upper].cpu().numpy()
+            start, i0 = stop, i1
+    return genuine, scores
+
+
 def verification_report_from_embeddings(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -182,12 +262,12 @@ def verification_report_from_embeddings(
 ) -> VerificationReport:
     """Verification report over every unordered pair of ``embeddings``, scored exactly.
 
-    Every pair ``(i, j)`` with ``i < j`` is scored once: a genuine pair when
-    ``labels[i] == labels[j]``, an impostor pair otherwise. The scores come from row blocks of
-    the ``(N, N)`` similarity matrix, computed in float64 and written straight into one array of
-    ``N (N - 1) / 2`` scores, which then gives the exact report of :func:`verification_report`
-    (unlike :func:`~metricface.metrics.all_pairs_histogram`, which bins the scores to bound
-    memory for ``N`` beyond what the scores fit in).
+    Every pair ``(i, j)`` with ``i < j`` is scored once (:func:`all_pair_scores`: row blocks
+    of the ``(N, N)`` similarity matrix in float64): a genuine pair when
+    ``labels[i] == labels[j]``, an impostor pair otherwise. The report is then exactly that of
+    :func:`verification_report` on those scores, unlike
+    :func:`~metricface.metrics.all_pairs_histogram`, which bins the scores to bound memory for
+    ``N`` beyond what the scores fit in.
 
     Parameters
     ----------
@@ -197,13 +277,8 @@ def verification_report_from_embeddings(
         Integer identity ids.
     far_targets : sequence of float
         FAR targets in ``(0, 1]`` for the TAR@FAR rows.
-    normalize : bool
-        L2-normalise the embeddings first (cosine similarity); otherwise plain dot products.
-    block_size : int
-        About how many similarities one block holds (``8 * block_size`` bytes); rows are taken
-        ``block_size // N`` at a time (at least one).
-    device : str or torch.device, optional
-        Where to compute the blocks; defaults to the device of ``embeddings``.
+    normalize, block_size, device
+        As for :func:`all_pair_scores`.
 
     Returns
     -------
@@ -216,7 +291,8 @@ def verification_report_from_embeddings(
         If ``embeddings`` is not a floating-point tensor or ``labels`` not an integer tensor.
     ValueError
         If the shapes disagree, an embedding is not finite, or the labels give no genuine pair
-        (no identity with two embeddings) or no impostor pair (a single identity).
+        (no identity with two embeddings) or no impostor pair (a single identity); all before
+        any pair is scored.
 
     Notes
     -----
@@ -234,9 +310,7 @@ def verification_report_from_embeddings(
     (2, 4, 0.0)
     """
     check_embeddings(embeddings)
-    check_finite(embeddings, "embeddings")
     check_labels(labels, embeddings.shape[0])
-    check_scalar(block_size, "block_size", low=1, integer=True)
     targets, _ = check_far_targets(far_targets, "far_targets")
     n_genuine, n_impostor = _pair_counts(labels.cpu())
     if n_genuine == 0 or n_impostor == 0:
@@ -246,27 +320,9 @@ def verification_report_from_embeddings(
             f"impostor pairs from {labels.shape[0]} embeddings of "
             f"{int(torch.unique(labels).numel())} identities"
         )
-    dev = torch.device(device) if device is not None else embeddings.device
-    x = embeddings.detach().to(device=dev, dtype=torch.float64)
-    if normalize:
-        x = F.normalize(x, dim=1)
-    y = labels.detach().to(dev)
-    n = x.shape[0]
-    scores = np.empty(n * (n - 1) // 2, dtype=np.float64)
-    genuine = np.empty(scores.shape[0], dtype=np.bool_)
-    index = torch.arange(n, device=dev)
-    start = 0  # pairs (i, j > i) in row-major order: rows i0..i1 fill one contiguous range
-    i0 = 0
-    with torch.autocast(dev.type, enabled=False):  # similarities in float64 under autocast too
-        while i0 < n - 1:
-            i1 = min(n - 1, i0 + max(1, block_size // (n - i0)))
-            sim = x[i0:i1] @ x[i0:].T  # (rows, n - i0): column c is embedding i0 + c
-            upper = index[None, i0:] > index[i0:i1, None]  # j > i
-            block = sim[upper].cpu().numpy()
-            stop = start + block.shape[0]
-            scores[start:stop] = block
-            genuine[start:stop] = (y[i0:i1, None] == y[None, i0:])[upper].cpu().numpy()
-            start, i0 = stop, i1
+    y_true, y_score = all_pair_scores(
+        embeddings, labels, normalize=normalize, block_size=block_size, device=device
+    )
     with warnings.catch_warnings():  # the reversed-ranking hint speaks of y_score: not here
         warnings.filterwarnings("ignore", message="y_score ranks impostor", category=UserWarning)
-        return verification_report(genuine, scores, targets)
+        return verification_report(y_true, y_score, targets)
