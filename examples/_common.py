@@ -166,12 +166,13 @@ def add_common_args(
         "--eval-images",
         type=AT_LEAST_TWO,
         default=8,
-        help="images per held-out identity (at most this many with --data)",
+        help="images per held-out identity" + (" (at most this many with --data)" * folder_data),
     )
     g.add_argument(
         "--image-size",
         type=IMAGE_SIZE,
-        help="image side in pixels (default: 64 for synthetic faces, 112 with --data)",
+        help="image side in pixels (default: "
+        + ("64 for synthetic faces, 112 with --data)" if folder_data else "64)"),
     )
     if folder_data:
         g.add_argument(
@@ -251,6 +252,14 @@ TINY = dict(
     epochs=2,
     batch_size=32,
 )
+
+
+def group(p: argparse.ArgumentParser, title: str) -> Any:
+    """The argument group of ``p`` with this title (made if there is none)."""
+    for g in p._action_groups:
+        if g.title == title:
+            return g
+    return p.add_argument_group(title)
 
 
 def add_resume_args(g: Any) -> None:
@@ -725,7 +734,8 @@ def raw_pixel_report(held_raw, size: int) -> VerificationReport:
             x = torch.empty(n, row.numel())
         x[i] = row
     assert x is not None
-    return verification_report_from_embeddings(x - x.mean(1, keepdim=True), labels)
+    x -= x.mean(1, keepdim=True)
+    return verification_report_from_embeddings(x, labels)
 
 
 # ---------------------------------------------------------------------------------------------

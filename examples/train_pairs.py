@@ -104,8 +104,7 @@ class PairObjective(nn.Module):
         return loss
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+def build_parser() -> C.Parser:
     p = C.Parser(__doc__, SCRIPT)
     C.add_common_args(p, epochs=8, lr=0.05)
     g = p.add_argument_group("pairs")
@@ -124,9 +123,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--neg-margin", type=float, default=1.0, help="contrastive loss's negative margin"
     )
-    g = p.add_argument_group("run")
+    g = C.group(p, "run")
     C.add_resume_args(g)
     g.add_argument("--no-plots", action="store_true", help="write no plots")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+    p = build_parser()
     args = C.parse_args(p, argv)
     if args.pos_prob > 1:
         p.error(f"argument --pos-prob: must be a probability in [0, 1], got {args.pos_prob}")

@@ -76,8 +76,7 @@ RESUME_KEYS = (*C.RESUME_KEYS, "stage2_epochs", "stage2_lr")
 OUTPUTS = ("checkpoint.pt", "stage1.pt", "stage2.pt", "log.csv", "report.txt")
 
 
-def parse_args(argv=None):
-    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+def build_parser() -> C.Parser:
     p = C.Parser(__doc__, SCRIPT)
     C.add_common_args(p, epochs=6, lr=0.1, folder_data=False)
     g = p.add_argument_group("stage 2")
@@ -94,8 +93,14 @@ def parse_args(argv=None):
         default=0.01,
         help="learning rate of stage 2 (constant; stage 1 uses --lr, one-cycle)",
     )
-    g = p.add_argument_group("run")
+    g = C.group(p, "run")
     C.add_resume_args(g)
+    return p
+
+
+def parse_args(argv=None):
+    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+    p = build_parser()
     args = C.parse_args(p, argv, {}, stage2_epochs=1)
     if C.env_rank()[1] > 1:
         p.error(

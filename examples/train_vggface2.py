@@ -136,7 +136,7 @@ def build_parser() -> C.Parser:
     )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    g = p.add_argument_group("run")
+    g = C.group(p, "run")
     C.add_resume_args(g)
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     g.add_argument("--no-plots", action="store_true", help="write no plots")

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metricface._validation import check_embeddings, check_finite, check_labels, check_scalar
 from metricface.metrics._checks import check_binary_scores, check_far_targets
@@ -229,9 +228,9 @@ def all_pair_scores(
     if n < 2:
         raise ValueError(f"embeddings must hold at least 2 rows to form a pair, got {n}")
     dev = torch.device(device) if device is not None else embeddings.device
-    x = embeddings.detach().to(device=dev, dtype=torch.float64)
-    if normalize:
-        x = F.normalize(x, dim=1)
+    x = embeddings.detach().to(device=dev, dtype=torch.float64, copy=True)
+    if normalize:  # in place: one (N, D) float64 copy in all
+        x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12))
     y = labels.detach().to(dev)
     scores = np.empty(n * (n - 1) // 2, dtype=np.float64)
     genuine = np.empty(scores.shape[0], dtype=np.bool_)
