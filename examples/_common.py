@@ -394,8 +394,7 @@ def _one_line(err: Exception) -> str:
         text = text.splitlines()[-1].split("ImageDecodeError: ", 1)[-1]
         text += (
             "; pass --on-bad-image skip to use another image of the same identity instead, or "
-            "find and remove every such file first with "
-            "metricface.data.IdentityFolder(root).verify()"
+            "list every such file first with metricface.data.IdentityFolder(root).verify()"
         )
     return " ".join(text.split("\n"))
 

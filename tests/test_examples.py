@@ -610,7 +610,7 @@ def test_tutorial_and_dataset_guide_use_only_flags_the_examples_have():
     options = set()
     for script in ("train_vggface2.py", "train_pairs.py", "train_two_stage.py"):
         options |= set(re.findall(r"--[a-z][a-z0-9-]*", _run(script, "--help")))
-    torchrun = {"--nproc-per-node", "--standalone"}
+    torchrun = {"--nproc-per-node", "--standalone", "--index-url"}  # torchrun's and pip's
     for doc in ("docs/tutorial.rst", "docs/datasets.rst", "README.md"):
         used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text()))
         assert used - torchrun <= options, (doc, sorted(used - torchrun - options))
