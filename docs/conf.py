@@ -11,7 +11,7 @@ from pathlib import Path
 # Document this checkout's code, installed or not (``sphinx-build docs docs/_build/html``).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import metricface  # noqa: E402
+import metricface
 
 project = "metricface"
 author = "metricface developers"
