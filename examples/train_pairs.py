@@ -30,7 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli as cli
 import _common as C
+import _runs as runs
 
 from metricface.checkpoint import save_checkpoint
 from metricface.losses import ArcFaceLoss, ContrastiveLoss
@@ -82,7 +84,7 @@ def one_cycle(opt, args: argparse.Namespace, steps_per_epoch: int):
 
 
 #: Settings a resumed run must share with its checkpoint, beyond the common ones.
-RESUME_KEYS = (*C.RESUME_KEYS, "pos_prob", "arcface_weight", "neg_margin")
+RESUME_KEYS = (*runs.RESUME_KEYS, "pos_prob", "arcface_weight", "neg_margin")
 OUTPUTS = ("checkpoint.pt", "log.csv", "report.txt", *C.PLOTS)
 SCRIPT = "train_pairs.py"
 
@@ -104,27 +106,27 @@ class PairObjective(nn.Module):
         return loss
 
 
-def build_parser() -> C.Parser:
-    p = C.Parser(__doc__, SCRIPT)
-    C.add_common_args(p, epochs=8, lr=0.05)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(__doc__, SCRIPT)
+    cli.add_common_args(p, epochs=8, lr=0.05)
     g = p.add_argument_group("pairs")
     g.add_argument(
         "--pos-prob",
-        type=C.number(float, 0, what="a probability in [0, 1]"),
+        type=cli.number(float, 0, what="a probability in [0, 1]"),
         default=0.5,
         help="probability that a pair is genuine",
     )
     g.add_argument(
         "--arcface-weight",
-        type=C.NON_NEGATIVE_FLOAT,
+        type=cli.NON_NEGATIVE_FLOAT,
         default=0.0,
         help="weight of an added ArcFace loss (0: contrastive only)",
     )
     g.add_argument(
         "--neg-margin", type=float, default=1.0, help="contrastive loss's negative margin"
     )
-    g = C.group(p, "run")
-    C.add_resume_args(g)
+    g = cli.group(p, "run")
+    cli.add_resume_args(g)
     g.add_argument("--no-plots", action="store_true", help="write no plots")
     return p
 
@@ -132,7 +134,7 @@ def build_parser() -> C.Parser:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
     p = build_parser()
-    args = C.parse_args(p, argv)
+    args = cli.parse_args(p, argv)
     if args.pos_prob > 1:
         p.error(f"argument --pos-prob: must be a probability in [0, 1], got {args.pos_prob}")
     return args
@@ -140,9 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    folder = C.RunFolder(args, "train_pairs", OUTPUTS)  # checked before any work
-    resumed = C.read_resume(args, folder)
-    C.check_resume(resumed, args, RESUME_KEYS)
+    folder = runs.RunFolder(args, "train_pairs", OUTPUTS)  # checked before any work
+    resumed = runs.read_resume(args, folder)
+    runs.check_resume(resumed, args, RESUME_KEYS)
     data = C.open_folder(args) if args.data is not None else None
 
     rank, world, device = C.init_distributed(args)
@@ -155,7 +157,7 @@ def main(argv=None) -> dict:
             train.labels, args.pos_prob, num_replicas=world, rank=rank, seed=args.seed
         )
     except ValueError as exc:
-        raise C.UsageError(f"--pos-prob {args.pos_prob}: {exc}") from None
+        raise cli.UsageError(f"--pos-prob {args.pos_prob}: {exc}") from None
     loader = DataLoader(
         LabelledPairs(train),
         sampler=sampler,
@@ -177,10 +179,10 @@ def main(argv=None) -> dict:
         )
 
     out = folder.create() if main_proc else folder.path
-    with C.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
+    with runs.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
         start_epoch = 0
         if resumed is not None:
-            ckpt = C.restore(
+            ckpt = runs.restore(
                 resumed,
                 folder,
                 model=objective,
@@ -215,7 +217,7 @@ def main(argv=None) -> dict:
             if main_proc:
                 report, emb, labels = C.evaluate(model, held, args, device)
                 row = {"epoch": epoch + 1, "loss": total / steps, "lr": opt.param_groups[0]["lr"]}
-                with C.interrupts_deferred():  # the row and the checkpoint land together
+                with runs.interrupts_deferred():  # the row and the checkpoint land together
                     log.write({**row, "eer": report.eer, "auc": report.auc})
                     save_checkpoint(
                         out / "checkpoint.pt",
@@ -224,7 +226,7 @@ def main(argv=None) -> dict:
                         scheduler=sched,
                         epoch=epoch + 1,
                         step=(epoch + 1) * steps,
-                        extra={"config": C.config(args), "rng_per_rank": rng_per_rank},
+                        extra={"config": cli.config(args), "rng_per_rank": rng_per_rank},
                     )
                     folder.saved_epoch = epoch + 1
                 print(
@@ -233,26 +235,17 @@ def main(argv=None) -> dict:
                 )
             if distributed:
                 dist.barrier()
-            if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
-                if main_proc:
-                    print(f"stopping after epoch {epoch + 1} as asked (--stop-after-epoch)")
+            if runs.stop_requested(args, epoch + 1, main_proc):
                 break
         result: dict = {}
         if main_proc:
             if report is None:  # a resumed run with no epoch left
                 report, emb, labels = C.evaluate(model, held, args, device)
-            print(report)
-            plots = {} if args.no_plots else C.save_plots(out, report, emb, labels)
-            C.write_report(out, f"{report}\n\nraw-pixel baseline: EER {baseline.eer:.4f}", plots)
-            print(
-                f"raw-pixel EER {baseline.eer:.4f} -> trained EER {report.eer:.4f}; "
-                f"outputs in {out}"
-            )
-            result = {"eer": report.eer, "baseline_eer": baseline.eer, "output": str(out)}
+            result = C.finish(out, args, report, emb, labels, baseline)
         if distributed:
             dist.destroy_process_group()
         return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(C.run(main, SCRIPT))
+    raise SystemExit(cli.run(main, SCRIPT))

@@ -28,7 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli as cli
 import _common as C
+import _runs as runs
 from train_pairs import contrastive_on_pairs, make_optimizer, one_cycle
 
 from metricface.checkpoint import save_checkpoint
@@ -72,36 +74,36 @@ def gallery_top1(model, args, size: int, device) -> float:
 
 SCRIPT = "train_two_stage.py"
 #: Settings a resumed run must share with its checkpoint.
-RESUME_KEYS = (*C.RESUME_KEYS, "stage2_epochs", "stage2_lr")
+RESUME_KEYS = (*runs.RESUME_KEYS, "stage2_epochs", "stage2_lr")
 OUTPUTS = ("checkpoint.pt", "stage1.pt", "stage2.pt", "log.csv", "report.txt")
 
 
-def build_parser() -> C.Parser:
-    p = C.Parser(__doc__, SCRIPT)
-    C.add_common_args(p, epochs=6, lr=0.1, folder_data=False)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(__doc__, SCRIPT)
+    cli.add_common_args(p, epochs=6, lr=0.1, folder_data=False)
     g = p.add_argument_group("stage 2")
     g.add_argument(
         "--stage2-epochs",
-        type=C.POSITIVE_INT,
+        type=cli.POSITIVE_INT,
         default=3,
         help="epochs of contrastive fine-tuning on (clean, distorted) pairs after the "
         "--epochs of ArcFace (--tiny: 1)",
     )
     g.add_argument(
         "--stage2-lr",
-        type=C.POSITIVE_FLOAT,
+        type=cli.POSITIVE_FLOAT,
         default=0.01,
         help="learning rate of stage 2 (constant; stage 1 uses --lr, one-cycle)",
     )
-    g = C.group(p, "run")
-    C.add_resume_args(g)
+    g = cli.group(p, "run")
+    cli.add_resume_args(g)
     return p
 
 
 def parse_args(argv=None):
     """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
     p = build_parser()
-    args = C.parse_args(p, argv, {}, stage2_epochs=1)
+    args = cli.parse_args(p, argv, {}, stage2_epochs=1)
     if C.env_rank()[1] > 1:
         p.error(
             f"{SCRIPT} trains in one process: start it with python, not torchrun "
@@ -112,9 +114,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    folder = C.RunFolder(args, "train_two_stage", OUTPUTS)  # checked before any work
-    resumed = C.read_resume(args, folder)
-    C.check_resume(resumed, args, RESUME_KEYS)
+    folder = runs.RunFolder(args, "train_two_stage", OUTPUTS)  # checked before any work
+    resumed = runs.read_resume(args, folder)
+    runs.check_resume(resumed, args, RESUME_KEYS)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     size = args.image_size
@@ -131,16 +133,16 @@ def main(argv=None) -> dict:
     e1, e2 = args.epochs, args.stage2_epochs
 
     out = folder.create()
-    with C.guarded(folder, args):  # Ctrl-C or an error: keep what is saved, say how on
+    with runs.guarded(folder, args):  # Ctrl-C or an error: keep what is saved, say how on
         start = 0 if resumed is None else resumed.epoch
         if resumed is not None:
             if start <= e1:  # stage 1 state: its optimizer and schedule
-                C.restore(resumed, folder, model=both, optimizer=opt, scheduler=sched)
+                runs.restore(resumed, folder, model=both, optimizer=opt, scheduler=sched)
             print(f"resumed from {resumed.path} after {start} of {e1} + {e2} epochs")
         log = C.CsvLog(out / "log.csv", ["stage", "epoch", "loss"], keep=start)
 
         def save(epoch: int, step: int, optimizer, scheduler=None, **extra) -> None:
-            with C.interrupts_deferred():  # the checkpoint is written whole, Ctrl-C or not
+            with runs.interrupts_deferred():  # the checkpoint is written whole, Ctrl-C or not
                 save_checkpoint(
                     out / "checkpoint.pt",
                     model=both,
@@ -148,16 +150,9 @@ def main(argv=None) -> dict:
                     scheduler=scheduler,
                     epoch=epoch,
                     step=step,
-                    extra={"config": C.config(args), **extra},
+                    extra={"config": cli.config(args), **extra},
                 )
                 folder.saved_epoch = epoch
-
-        def stop_now(done: int) -> bool:
-            """Whether --stop-after-epoch (counted over both stages) says to stop here."""
-            if args.stop_after_epoch is None or done < args.stop_after_epoch:
-                return False
-            print(f"stopping after epoch {done} of {e1} + {e2} as asked (--stop-after-epoch)")
-            return True
 
         # stage 1: ArcFace on clean images
         for epoch in range(min(start, e1), e1):
@@ -173,7 +168,7 @@ def main(argv=None) -> dict:
             log.write({"stage": 1, "epoch": epoch + 1, "loss": total / steps1})
             save(epoch + 1, (epoch + 1) * steps1, opt, sched)
             print(f"stage 1 epoch {epoch + 1}: loss {total / steps1:.3f}", flush=True)
-            if stop_now(epoch + 1):
+            if runs.stop_requested(args, epoch + 1):
                 return {"stopped_after": epoch + 1, "output": str(out)}
         if start <= e1:
             save_checkpoint(
@@ -181,7 +176,7 @@ def main(argv=None) -> dict:
                 model=both,
                 epoch=e1,
                 step=e1 * steps1,
-                extra={"config": C.config(args)},
+                extra={"config": cli.config(args)},
             )
             top1_stage1 = gallery_top1(model, args, size, device)
         else:  # measured before stage 2 changed the model
@@ -210,7 +205,7 @@ def main(argv=None) -> dict:
         contrastive = ContrastiveLoss()
         opt2 = make_optimizer(model.parameters(), args, args.stage2_lr)
         if start > e1:  # stage 2 state
-            C.restore(resumed, folder, model=both, optimizer=opt2)
+            runs.restore(resumed, folder, model=both, optimizer=opt2)
         for epoch in range(max(start - e1, 0), e2):
             sampler.set_epoch(epoch)
             model.train()
@@ -227,14 +222,14 @@ def main(argv=None) -> dict:
             step = e1 * steps1 + (epoch + 1) * len(loader2)
             save(e1 + epoch + 1, step, opt2, top1_stage1=top1_stage1)
             print(f"stage 2 epoch {epoch + 1}: loss {total / len(loader2):.3f}", flush=True)
-            if e1 + epoch + 1 < e1 + e2 and stop_now(e1 + epoch + 1):
+            if epoch + 1 < e2 and runs.stop_requested(args, e1 + epoch + 1):
                 return {"stopped_after": e1 + epoch + 1, "output": str(out)}
         save_checkpoint(
             out / "stage2.pt",
             model=nn.ModuleDict({"backbone": model}),
             epoch=e2,
             step=e2 * len(loader2),
-            extra={"config": C.config(args)},
+            extra={"config": cli.config(args)},
         )
         top1_stage2 = gallery_top1(model, args, size, device)
         summary = (
@@ -248,4 +243,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(C.run(main, SCRIPT))
+    raise SystemExit(cli.run(main, SCRIPT))

@@ -38,7 +38,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli as cli
 import _common as C
+import _runs as runs
 
 from metricface import losses, miners
 from metricface.checkpoint import save_checkpoint
@@ -83,8 +85,8 @@ class Objective(nn.Module):
 
 #: Flags that apply only to some runs (see ``_common.Rule``): given explicitly where they do
 #: not apply, they are refused instead of being silently ignored.
-RULES: dict[str, C.Rule] = {
-    **C.DATA_RULES,
+RULES: dict[str, cli.Rule] = {
+    **cli.DATA_RULES,
     "miner": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
     "P": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
     "K": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
@@ -101,9 +103,9 @@ RULES: dict[str, C.Rule] = {
 OUTPUTS = ("checkpoint.pt", "log.csv", "report.txt", *C.PLOTS, "tb")
 
 
-def build_parser() -> C.Parser:
-    p = C.Parser(__doc__, SCRIPT)
-    C.add_common_args(p, epochs=8, lr=0.1)
+def build_parser() -> cli.Parser:
+    p = cli.Parser(__doc__, SCRIPT)
+    cli.add_common_args(p, epochs=8, lr=0.1)
     g = p.add_argument_group("loss")
     g.add_argument(
         "--loss",
@@ -120,24 +122,26 @@ def build_parser() -> C.Parser:
     )
     g.add_argument(
         "--scale",
-        type=C.POSITIVE_FLOAT,
+        type=cli.POSITIVE_FLOAT,
         help="logit scale of margin-softmax losses (default: 32; adaface 64)",
     )
     g.add_argument(
         "--miner", choices=tuple(MINERS), default="batchhard", help="pair mining (pair losses)"
     )
     g.add_argument(
-        "--P", type=C.AT_LEAST_TWO, default=16, help="identities per batch (pair losses)"
+        "--P", type=cli.AT_LEAST_TWO, default=16, help="identities per batch (pair losses)"
     )
-    g.add_argument("--K", type=C.AT_LEAST_TWO, default=4, help="images per identity (pair losses)")
+    g.add_argument(
+        "--K", type=cli.AT_LEAST_TWO, default=4, help="images per identity (pair losses)"
+    )
     g = p.add_argument_group("speed")
     g.add_argument(
         "--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision"
     )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    g = C.group(p, "run")
-    C.add_resume_args(g)
+    g = cli.group(p, "run")
+    cli.add_resume_args(g)
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     g.add_argument("--no-plots", action="store_true", help="write no plots")
     return p
@@ -146,7 +150,7 @@ def build_parser() -> C.Parser:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
     p = build_parser()
-    args = C.parse_args(p, argv, RULES, P=8, K=4)
+    args = cli.parse_args(p, argv, RULES, P=8, K=4)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
     return args
@@ -183,9 +187,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     # everything is checked before any data is built or any file written (on every rank,
     # before any rank can create the folder)
-    folder = C.RunFolder(args, "train_vggface2", OUTPUTS)
-    resumed = C.read_resume(args, folder)
-    C.check_resume(resumed, args, C.RESUME_KEYS)
+    folder = runs.RunFolder(args, "train_vggface2", OUTPUTS)
+    resumed = runs.read_resume(args, folder)
+    runs.check_resume(resumed, args, runs.RESUME_KEYS)
     data = C.open_folder(args) if args.data is not None else None
 
     rank, world, device = C.init_distributed(args)
@@ -204,7 +208,7 @@ def main(argv=None) -> dict:
                 train_set.labels, args.P, args.K, num_replicas=world, rank=rank, seed=args.seed
             )
         except ValueError as exc:
-            raise C.UsageError(f"--P {args.P} --K {args.K}: {exc}") from None
+            raise cli.UsageError(f"--P {args.P} --K {args.K}: {exc}") from None
         sampler = None
     elif distributed:
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
@@ -246,10 +250,10 @@ def main(argv=None) -> dict:
         )
 
     out = folder.create() if main_proc else folder.path
-    with C.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
+    with runs.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
         start_epoch, step, history = 0, 0, []
         if resumed is not None:
-            ckpt = C.restore(
+            ckpt = runs.restore(
                 resumed,
                 folder,
                 model=objective,
@@ -341,7 +345,7 @@ def main(argv=None) -> dict:
             # every rank's RNG states as they are now, so that a resumed run continues each exactly
             rng_per_rank = C.gather_rank_rng() if distributed else None
             if main_proc:
-                with C.interrupts_deferred():  # the row and the checkpoint land together
+                with runs.interrupts_deferred():  # the row and the checkpoint land together
                     log.write(row)
                     save_checkpoint(
                         out / "checkpoint.pt",
@@ -353,7 +357,7 @@ def main(argv=None) -> dict:
                         step=step,
                         extra={
                             "history": history,
-                            "config": C.config(args),
+                            "config": cli.config(args),
                             "rng_per_rank": rng_per_rank,
                         },
                     )
@@ -368,26 +372,14 @@ def main(argv=None) -> dict:
                 )
             if distributed:
                 dist.barrier()
-            if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
-                if main_proc:
-                    print(f"stopping after epoch {epoch + 1} as asked (--stop-after-epoch)")
+            if runs.stop_requested(args, epoch + 1, main_proc):
                 break
 
         result = {"history": history}
         if main_proc:
             if report is None:
                 report, emb, labels = C.evaluate(objective.backbone, held, args, device)
-            print(report)
-            plots = {} if args.no_plots else C.save_plots(out, report, emb, labels)
-            C.write_report(
-                out,
-                f"{report}\n\nraw-pixel baseline: EER {baseline.eer:.4f} (AUC {baseline.auc:.4f})",
-                plots,
-            )
-            print(
-                f"raw-pixel EER {baseline.eer:.4f} -> trained EER {report.eer:.4f}; outputs in {out}"
-            )
-            result.update(eer=report.eer, baseline_eer=baseline.eer, output=str(out))
+            result.update(C.finish(out, args, report, emb, labels, baseline))
             if tb is not None:
                 tb.close()
         if distributed:
@@ -396,4 +388,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(C.run(main, SCRIPT))
+    raise SystemExit(cli.run(main, SCRIPT))

@@ -132,7 +132,7 @@ def waiting(self, images, labels):
     return forward(self, images, labels)
 
 ex.Objective.forward = waiting
-raise SystemExit(ex.C.run(ex.main, ex.SCRIPT))
+raise SystemExit(ex.cli.run(ex.main, ex.SCRIPT))
 """
 
 
@@ -425,7 +425,7 @@ def test_margin_reaches_every_loss_or_is_refused():
         ["--loss", "normsoftmax", "--margin", "0.3"],
         ["--loss", "triplet", "--scale", "64"],
     ):
-        with pytest.raises(ex.C.UsageError, match="applies only to"):
+        with pytest.raises(ex.cli.UsageError, match="applies only to"):
             ex.parse_args(bad)
 
 
@@ -433,14 +433,14 @@ def test_unknown_backbone_and_missing_tensorboard_are_refused_before_any_work(mo
     import importlib.util
 
     ex = _example("train_vggface2")
-    with pytest.raises(ex.C.UsageError, match="invalid choice: 'iresnet7'"):
+    with pytest.raises(ex.cli.UsageError, match="invalid choice: 'iresnet7'"):
         ex.parse_args(["--backbone", "iresnet7"])
     assert ex.parse_args(["--backbone", "resnet18"]).backbone == "resnet18"
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
     )
-    with pytest.raises(ex.C.UsageError, match="pip install tensorboard"):
+    with pytest.raises(ex.cli.UsageError, match="pip install tensorboard"):
         ex.parse_args(["--tensorboard"])
     assert not ex.parse_args([]).tensorboard
 
@@ -727,8 +727,8 @@ def test_user_mistakes_end_in_one_line_before_any_work(
     def no_work(self):
         raise AssertionError("the mistake was not caught: work started")
 
-    monkeypatch.setattr(ex.C.RunFolder, "create", no_work)
-    assert ex.C.run(ex.main, ex.SCRIPT, shlex.split(argv)) == 2
+    monkeypatch.setattr(ex.runs.RunFolder, "create", no_work)
+    assert ex.cli.run(ex.main, ex.SCRIPT, shlex.split(argv)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"{script}: error: "), err
     assert words in err, err
@@ -738,7 +738,7 @@ def test_user_mistakes_end_in_one_line_before_any_work(
 def test_two_stage_example_refuses_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     ex = _example("train_two_stage")
-    assert ex.C.run(ex.main, ex.SCRIPT, ["--tiny"]) == 2
+    assert ex.cli.run(ex.main, ex.SCRIPT, ["--tiny"]) == 2
     assert "trains in one process: start it with python, not torchrun" in capsys.readouterr().err
 
 

@@ -175,12 +175,9 @@ def plot_report(
         :func:`~metricface.metrics.verification_report_from_embeddings`.
     kind : {"roc", "det"}
         Which curve: as :func:`plot_roc` or as :func:`plot_det`.
-    ax : matplotlib.axes.Axes, optional
-        Axes to draw into; a new figure is created when omitted.
-    label : str, optional
-        Legend label of the curve.
-    **kwargs
-        Passed to ``ax.plot`` for the curve.
+    ax, label, **kwargs
+        As for :func:`plot_roc`: axes to draw into (a new figure when omitted), the legend
+        label of the curve, and options of ``ax.plot`` for the curve.
 
     Returns
     -------

@@ -270,14 +270,11 @@ def verification_report_from_embeddings(
 
     Parameters
     ----------
-    embeddings : torch.Tensor of shape (N, D)
-        Floating point, on any device (half precision is widened).
-    labels : torch.Tensor of shape (N,)
-        Integer identity ids.
+    embeddings, labels, normalize, block_size, device
+        As for :func:`all_pair_scores`: ``(N, D)`` floating-point embeddings and ``(N,)``
+        integer identity ids.
     far_targets : sequence of float
         FAR targets in ``(0, 1]`` for the TAR@FAR rows.
-    normalize, block_size, device
-        As for :func:`all_pair_scores`.
 
     Returns
     -------
