@@ -129,7 +129,7 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
 
 def evaluate(model, held, args, device) -> tuple[VerificationReport, torch.Tensor, torch.Tensor]:
     """Verification over every pair of held-out images, from their embeddings."""
-    loader = DataLoader(held, batch_size=256, num_workers=args.workers)
+    loader = DataLoader(held, batch_size=128, num_workers=args.workers)  # activations bound memory
     emb, labels = embed(model, loader, device=device)
     return verification_report_from_embeddings(emb, labels), emb, labels
 
