@@ -75,11 +75,13 @@ def flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def number(kind: type, low: float, *, above: bool = False, what: str = "") -> Callable[[str], Any]:
-    """An argparse type: ``kind`` (int or float) at least ``low`` (above it if ``above``)."""
-    expected = (
-        what or f"{'an integer' if kind is int else 'a number'} {'>' if above else '>='} {low:g}"
-    )
+def number(
+    kind: type, low: float, high: float | None = None, *, above: bool = False, what: str = ""
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) at least ``low`` (above it if ``above``) and
+    at most ``high``; ``what`` says in words what is expected."""
+    if not what:
+        what = f"{'an integer' if kind is int else 'a number'} {'>' if above else '>='} {low:g}"
 
     def parse(text: str) -> Any:
         try:
@@ -87,8 +89,10 @@ def number(kind: type, low: float, *, above: bool = False, what: str = "") -> Ca
         except ValueError:
             value = None
         ok = value is not None and value == value and abs(value) != float("inf")
-        if not ok or (value <= low if above else value < low):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        if ok and (value <= low if above else value < low):
+            ok = False
+        if not ok or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
     return parse

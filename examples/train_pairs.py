@@ -112,7 +112,7 @@ def build_parser() -> cli.Parser:
     g = p.add_argument_group("pairs")
     g.add_argument(
         "--pos-prob",
-        type=cli.number(float, 0, what="a probability in [0, 1]"),
+        type=cli.number(float, 0, 1, what="a probability in [0, 1]"),
         default=0.5,
         help="probability that a pair is genuine",
     )
@@ -132,12 +132,8 @@ def build_parser() -> cli.Parser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
-    p = build_parser()
-    args = cli.parse_args(p, argv)
-    if args.pos_prob > 1:
-        p.error(f"argument --pos-prob: must be a probability in [0, 1], got {args.pos_prob}")
-    return args
+    """Parse and check the command line (raises ``_cli.UsageError`` on a mistake)."""
+    return cli.parse_args(build_parser(), argv)
 
 
 def main(argv=None) -> dict:
@@ -149,7 +145,9 @@ def main(argv=None) -> dict:
 
     rank, world, device = C.init_distributed(args)
     distributed, main_proc = world > 1, rank == 0
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    # one random stream per rank, so ranks do not flip and crop their i-th images alike;
+    # DDP starts every rank from rank 0's initial weights
+    torch.manual_seed(args.seed + rank)
     train, held, held_raw = C.build_datasets(args, data)
     num_classes = int(train.labels.max()) + 1
     try:

@@ -101,7 +101,7 @@ def build_parser() -> cli.Parser:
 
 
 def parse_args(argv=None):
-    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+    """Parse and check the command line (raises ``_cli.UsageError`` on a mistake)."""
     p = build_parser()
     args = cli.parse_args(p, argv, {}, stage2_epochs=1)
     if C.env_rank()[1] > 1:

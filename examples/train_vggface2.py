@@ -148,7 +148,7 @@ def build_parser() -> cli.Parser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse and check the command line (raises ``_common.UsageError`` on a mistake)."""
+    """Parse and check the command line (raises ``_cli.UsageError`` on a mistake)."""
     p = build_parser()
     args = cli.parse_args(p, argv, RULES, P=8, K=4)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
