@@ -16,6 +16,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -67,22 +68,29 @@ class RunFolder:
             self.created = True
         elif self.overwrite:
             for name in self.outputs:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / name).unlink()
+                _remove(self.path / name)
         return self.path
 
     def discard(self) -> bool:
         """Remove what this run wrote if it saved no checkpoint; whether it did so."""
         if self.saved_epoch is not None:
             return False
-        for name in self.outputs:
-            if self.created or self.overwrite:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / name).unlink()
+        if self.created or self.overwrite:
+            for name in self.outputs:
+                _remove(self.path / name)
         if self.created:
             with contextlib.suppress(OSError):  # only if empty
                 self.path.rmdir()
         return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder (e.g. TensorBoard's), if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def resume_command(argv: Sequence[str], output: Path, world: int = 1) -> str:
@@ -111,8 +119,6 @@ def resume_command(argv: Sequence[str], output: Path, world: int = 1) -> str:
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Finish the block before Ctrl-C takes effect (e.g. a checkpoint being written)."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
