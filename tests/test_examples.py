@@ -818,3 +818,13 @@ def test_evaluation_memory_does_not_grow_with_pixels_times_pairs(tmp_path):
     pairs_by_pixels_mb = pairs * pixels * 4 / 2**20  # 3 741 MB
     assert float(baseline_mb) < 10 * images_mb, (baseline_mb, images_mb)
     assert float(total_mb) < pairs_by_pixels_mb / 5, (total_mb, pairs_by_pixels_mb)
+
+
+def test_resume_command_keeps_every_flag_and_continues_in_the_run_folder():
+    runs = _example("_runs")
+    argv = ["--tiny", "--output=old", "--resume", "x/ckpt.pt", "--lr", "0.1", "--overwrite"]
+    command = shlex.split(runs.resume_command(argv, Path("runs/new dir")))
+    assert command[2:] == ["--tiny", "--lr", "0.1", "--output", "runs/new dir", "--resume"]
+    command = shlex.split(runs.resume_command(["--resume", "--epochs", "3"], Path("o"), world=2))
+    assert command[:2] == ["torchrun", "--nproc-per-node=2"]
+    assert command[3:] == ["--epochs", "3", "--output", "o", "--resume"]
