@@ -10,8 +10,12 @@ on the same images, the usual way to give a pair-trained network class structure
 
 Evaluation is verification on held-out identities, as in ``train_vggface2.py``: every epoch
 appends a row to ``log.csv`` and atomically rewrites ``checkpoint.pt`` (``--output DIR
---resume`` continues an interrupted run exactly); the end writes ``report.txt``, ``roc.png``
-and ``embeddings.png`` (``--no-plots`` skips the plots) into ``--output``.
+--resume`` continues an interrupted run exactly); the end writes ``report.txt`` and the plots
+it lists (``--no-plots`` skips them) into ``--output``.
+
+Multi-GPU (or several CPU processes): ``torchrun --nproc-per-node 2 examples/train_pairs.py``.
+Each rank draws its own share of the pairs (``PairSampler`` shards them), DDP averages the
+gradients, and rank 0 alone evaluates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli as cli
 import _common as C
+import _runs as runs
 
 from metricface.checkpoint import save_checkpoint
 from metricface.losses import ArcFaceLoss, ContrastiveLoss
@@ -77,35 +84,78 @@ def one_cycle(opt, args: argparse.Namespace, steps_per_epoch: int):
 
 
 #: Settings a resumed run must share with its checkpoint, beyond the common ones.
-RESUME_KEYS = (*C.RESUME_KEYS, "pos_prob", "arcface_weight", "neg_margin")
+RESUME_KEYS = (*runs.RESUME_KEYS, "pos_prob", "arcface_weight", "neg_margin")
+OUTPUTS = ("checkpoint.pt", "log.csv", "report.txt", *C.PLOTS)
+SCRIPT = "train_pairs.py"
+
+
+class PairObjective(nn.Module):
+    """Backbone + ArcFace head in one module: one checkpoint, one DDP wrapper."""
+
+    def __init__(self, backbone: nn.Module, arcface: ArcFaceLoss, args) -> None:
+        super().__init__()
+        self.backbone, self.arcface = backbone, arcface
+        self.contrastive = ContrastiveLoss(neg_margin=args.neg_margin)
+        self.arcface_weight = args.arcface_weight
+
+    def forward(self, a, b, la, lb, same) -> torch.Tensor:
+        emb = self.backbone(torch.cat([a, b]))
+        loss = contrastive_on_pairs(self.contrastive, emb, same)
+        if self.arcface_weight > 0:
+            loss = loss + self.arcface_weight * self.arcface(emb, torch.cat([la, lb]))
+        return loss
+
+
+def build_parser() -> cli.Parser:
+    p = cli.Parser(__doc__, SCRIPT)
+    cli.add_common_args(p, epochs=8, lr=0.05)
+    g = p.add_argument_group("pairs")
+    g.add_argument(
+        "--pos-prob",
+        type=cli.number(float, 0, 1, what="a probability in [0, 1]"),
+        default=0.5,
+        help="probability that a pair is genuine",
+    )
+    g.add_argument(
+        "--arcface-weight",
+        type=cli.NON_NEGATIVE_FLOAT,
+        default=0.0,
+        help="weight of an added ArcFace loss (0: contrastive only)",
+    )
+    g.add_argument(
+        "--neg-margin", type=float, default=1.0, help="contrastive loss's negative margin"
+    )
+    g = cli.group(p, "run")
+    cli.add_resume_args(g)
+    g.add_argument("--no-plots", action="store_true", help="write no plots")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line (raises ``_cli.UsageError`` on a mistake)."""
+    return cli.parse_args(build_parser(), argv)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_args(p, epochs=8, lr=0.05)
-    p.add_argument("--pos-prob", type=float, default=0.5, help="probability of a genuine pair")
-    p.add_argument("--arcface-weight", type=float, default=0.0, help="0: contrastive only")
-    p.add_argument("--neg-margin", type=float, default=1.0, help="contrastive negative margin")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--no-plots", action="store_true")
-    C.add_resume_args(p)
-    args = C.parse_args(p, argv)
-    C.check_resume_args(p, args)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    out = C.output_dir(args, "train_pairs")
+    args = parse_args(argv)
+    folder = runs.RunFolder(args, "train_pairs", OUTPUTS)  # checked before any work
+    resumed = runs.read_resume(args, folder)
+    runs.check_resume(resumed, args, RESUME_KEYS)
+    data = C.open_folder(args) if args.data is not None else None
 
-    train, held, held_raw = C.build_datasets(args)
-    size = held[0][0].shape[-1]
+    rank, world, device = C.init_distributed(args)
+    distributed, main_proc = world > 1, rank == 0
+    # one random stream per rank, so ranks do not flip and crop their i-th images alike;
+    # DDP starts every rank from rank 0's initial weights
+    torch.manual_seed(args.seed + rank)
+    train, held, held_raw = C.build_datasets(args, data)
     num_classes = int(train.labels.max()) + 1
-    model = C.build_model(args, size).to(device)
-    contrastive = ContrastiveLoss(neg_margin=args.neg_margin)
-    arcface = ArcFaceLoss(num_classes, args.embedding_dim, scale=32.0).to(device)
-    params = list(model.parameters()) + (
-        list(arcface.parameters()) if args.arcface_weight > 0 else []
-    )
-    opt = make_optimizer(params, args, args.lr)
-    sampler = PairSampler(train.labels, args.pos_prob, seed=args.seed)
+    try:
+        sampler = PairSampler(
+            train.labels, args.pos_prob, num_replicas=world, rank=rank, seed=args.seed
+        )
+    except ValueError as exc:
+        raise cli.UsageError(f"--pos-prob {args.pos_prob}: {exc}") from None
     loader = DataLoader(
         LabelledPairs(train),
         sampler=sampler,
@@ -113,63 +163,87 @@ def main(argv=None) -> dict:
         drop_last=True,
         num_workers=args.workers,
     )
-    sched = one_cycle(opt, args, C.check_batches(loader, "pairs per epoch"))
-    state = nn.ModuleDict({"backbone": model, "arcface": arcface})  # one module to checkpoint
-    ckpt = C.resume(
-        args, RESUME_KEYS, model=state, optimizer=opt, scheduler=sched, map_location=device
-    )
-    start_epoch = 0 if ckpt is None else ckpt["epoch"]
-    if ckpt is not None:
-        print(f"resumed from {ckpt['path']} at epoch {start_epoch}")
-    log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"], keep=start_epoch)
-    baseline = C.raw_pixel_report(held_raw, size)
-    print(f"raw-pixel baseline EER {baseline.eer:.4f}")
-    report = None
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        total = 0.0
-        bar = C.progress(loader, len(loader), f"epoch {epoch + 1}", not args.no_progress)
-        for a, b, la, lb, same in bar:
-            a, b, same = a.to(device), b.to(device), same.to(device)
-            emb = model(torch.cat([a, b]))
-            loss = contrastive_on_pairs(contrastive, emb, same)
-            if args.arcface_weight > 0:
-                labels = torch.cat([la, lb]).to(device)
-                loss = loss + args.arcface_weight * arcface(emb, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        report, emb, labels = C.evaluate(model, held, args, device)
-        row = {"epoch": epoch + 1, "loss": total / len(loader), "lr": opt.param_groups[0]["lr"]}
-        log.write({**row, "eer": report.eer, "auc": report.auc})
-        print(
-            f"epoch {epoch + 1}  loss {row['loss']:.4f}  held-out EER {report.eer:.4f}",
-            flush=True,
+    steps = C.check_batches(loader, "pairs per epoch" + (" on each rank" if distributed else ""))
+    model = C.build_model(args)
+    arcface = ArcFaceLoss(num_classes, args.embedding_dim, scale=32.0)
+    arcface.requires_grad_(args.arcface_weight > 0)  # unused: neither trained nor synchronised
+    objective = PairObjective(model, arcface, args).to(device)
+    opt = make_optimizer([q for q in objective.parameters() if q.requires_grad], args, args.lr)
+    sched = one_cycle(opt, args, steps)
+    train_model: nn.Module = objective
+    if distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
         )
-        save_checkpoint(
-            out / "checkpoint.pt",
-            model=state,
-            optimizer=opt,
-            scheduler=sched,
-            epoch=epoch + 1,
-            step=(epoch + 1) * len(loader),
-            extra={"config": vars(args)},
-        )
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
-            print(f"stopping after epoch {epoch + 1} as asked (--stop-after-epoch)")
-            break
-    if report is None:  # a resumed run with no epoch left
-        report, emb, labels = C.evaluate(model, held, args, device)
-    (out / "report.txt").write_text(str(report) + "\n")
-    print(report)
-    if not args.no_plots:
-        C.save_plots(out, report, emb, labels)
-    print(f"raw-pixel EER {baseline.eer:.4f} -> trained EER {report.eer:.4f}; outputs in {out}")
-    return {"eer": report.eer, "baseline_eer": baseline.eer, "output": str(out)}
+
+    out = folder.create() if main_proc else folder.path
+    with runs.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
+        start_epoch = 0
+        if resumed is not None:
+            ckpt = runs.restore(
+                resumed,
+                folder,
+                model=objective,
+                optimizer=opt,
+                scheduler=sched,
+                map_location=device,
+                restore_rng=not distributed,  # each rank restores its own state below
+            )
+            start_epoch = ckpt["epoch"]
+            if distributed:
+                C.restore_rank_rng(ckpt["extra"].get("rng_per_rank"), rank, world)
+            if main_proc:
+                print(f"resumed from {resumed.path} at epoch {start_epoch}")
+        if main_proc:
+            log = C.CsvLog(out / "log.csv", ["epoch", "loss", "lr", "eer", "auc"], start_epoch)
+            baseline = C.raw_pixel_report(held_raw, args.image_size)
+            print(f"raw-pixel baseline EER {baseline.eer:.4f}")
+        report = None
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            train_model.train()
+            total = 0.0
+            show = main_proc and not args.no_progress
+            for batch in C.progress(loader, len(loader), f"epoch {epoch + 1}", show):
+                loss = train_model(*(t.to(device) for t in batch))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item()
+            rng_per_rank = C.gather_rank_rng() if distributed else None
+            if main_proc:
+                report, emb, labels = C.evaluate(model, held, args, device)
+                row = {"epoch": epoch + 1, "loss": total / steps, "lr": opt.param_groups[0]["lr"]}
+                with runs.interrupts_deferred():  # the row and the checkpoint land together
+                    log.write({**row, "eer": report.eer, "auc": report.auc})
+                    save_checkpoint(
+                        out / "checkpoint.pt",
+                        model=objective,
+                        optimizer=opt,
+                        scheduler=sched,
+                        epoch=epoch + 1,
+                        step=(epoch + 1) * steps,
+                        extra={"config": cli.config(args), "rng_per_rank": rng_per_rank},
+                    )
+                    folder.saved_epoch = epoch + 1
+                print(
+                    f"epoch {epoch + 1}  loss {row['loss']:.4f}  held-out EER {report.eer:.4f}",
+                    flush=True,
+                )
+            if distributed:
+                dist.barrier()
+            if runs.stop_requested(args, epoch + 1, main_proc):
+                break
+        result: dict = {}
+        if main_proc:
+            if report is None:  # a resumed run with no epoch left
+                report, emb, labels = C.evaluate(model, held, args, device)
+            result = C.finish(out, args, report, emb, labels, baseline)
+        if distributed:
+            dist.destroy_process_group()
+        return result
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main, SCRIPT))

@@ -13,9 +13,14 @@ On a real identity-per-folder dataset (VGGFace2, CASIA-WebFace, MS1M exports), o
 Multi-GPU: ``torchrun --nproc-per-node 4 examples/train_vggface2.py --data ...``.
 Resume an interrupted run exactly: ``--output <dir> --resume``.
 
-Every epoch writes ``checkpoint.pt`` (atomically), a row of ``log.csv``, and evaluates
-verification on the held-out identities (EER, TAR@FAR); the end writes ``roc.png``,
-``embeddings.png`` and ``report.txt``.
+Every epoch evaluates verification on every pair of held-out images (EER, TAR@FAR) and writes
+a row of ``log.csv`` and ``checkpoint.pt`` (atomically). The end writes ``report.txt`` and the
+plots it lists: ``roc.png``, ``det.png``, ``scores.png`` (genuine/impostor score histograms)
+and ``embeddings.png`` (t-SNE of held-out identities). Load the trained backbone with
+``metricface.checkpoint.load_backbone(path, model)``.
+
+Ctrl-C keeps the last finished epoch's checkpoint and prints the command that continues the
+run; a used ``--output`` is refused unless ``--resume`` or ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli as cli
 import _common as C
+import _runs as runs
 
 from metricface import losses, miners
 from metricface.checkpoint import save_checkpoint
 from metricface.distributed import get_rank
 from metricface.samplers import IdentityBatchSampler
+
+SCRIPT = "train_vggface2.py"
 
 CLASS_LOSSES = {
     "arcface": losses.ArcFaceLoss,
@@ -74,39 +83,76 @@ class Objective(nn.Module):
         return self.loss(emb, labels)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    C.add_common_args(p, epochs=8, lr=0.1)
+#: Flags that apply only to some runs (see ``_common.Rule``): given explicitly where they do
+#: not apply, they are refused instead of being silently ignored.
+RULES: dict[str, cli.Rule] = {
+    **cli.DATA_RULES,
+    "miner": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
+    "P": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
+    "K": ("loss", lambda v: v in PAIR_LOSSES, "pair losses (--loss contrastive, triplet)"),
+    "batch_size": (
+        "loss",
+        lambda v: v not in PAIR_LOSSES,
+        "class-center losses (a pair loss's batch is --P identities x --K images)",
+    ),
+    "scale": ("loss", lambda v: v in CLASS_LOSSES, "margin-softmax losses (a logit scale)"),
+    "margin": ("loss", lambda v: v != "normsoftmax", "losses with a margin"),
+}
+
+#: Files a run writes into its folder (what --overwrite replaces).
+OUTPUTS = ("checkpoint.pt", "log.csv", "report.txt", *C.PLOTS, "tb")
+
+
+def build_parser() -> cli.Parser:
+    p = cli.Parser(__doc__, SCRIPT)
+    cli.add_common_args(p, epochs=8, lr=0.1)
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", choices=(*CLASS_LOSSES, *PAIR_LOSSES), default="cosface")
+    g.add_argument(
+        "--loss",
+        choices=(*CLASS_LOSSES, *PAIR_LOSSES),
+        default="cosface",
+        help="margin-softmax losses train class centers; contrastive and triplet train on "
+        "pairs from --P x --K batches",
+    )
     g.add_argument(
         "--margin",
         type=float,
-        help="margin of the loss (radians for arcface; contrastive: the negative margin)",
+        help="margin of the loss (radians for arcface; contrastive: the negative margin; "
+        "default: the loss's own)",
     )
     g.add_argument(
-        "--scale", type=float, help="logit scale of margin losses (default 32; adaface 64)"
+        "--scale",
+        type=cli.POSITIVE_FLOAT,
+        help="logit scale of margin-softmax losses (default: 32; adaface 64)",
     )
-    g.add_argument("--miner", choices=tuple(MINERS), default="batchhard", help="pair losses")
-    g.add_argument("--P", type=int, default=16, help="identities per batch (pair losses)")
-    g.add_argument("--K", type=int, default=4, help="images per identity (pair losses)")
+    g.add_argument(
+        "--miner", choices=tuple(MINERS), default="batchhard", help="pair mining (pair losses)"
+    )
+    g.add_argument(
+        "--P", type=cli.AT_LEAST_TWO, default=16, help="identities per batch (pair losses)"
+    )
+    g.add_argument(
+        "--K", type=cli.AT_LEAST_TWO, default=4, help="images per identity (pair losses)"
+    )
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision"
+    )
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    g = p.add_argument_group("run")
-    C.add_resume_args(g)
+    g = cli.group(p, "run")
+    cli.add_resume_args(g)
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    g.add_argument("--no-plots", action="store_true")
-    args = C.parse_args(p, argv, P=8, K=4)
-    C.check_resume_args(p, args)
+    g.add_argument("--no-plots", action="store_true", help="write no plots")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line (raises ``_cli.UsageError`` on a mistake)."""
+    p = build_parser()
+    args = cli.parse_args(p, argv, RULES, P=8, K=4)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
-    if args.margin is not None and args.loss == "normsoftmax":
-        p.error("--margin: --loss normsoftmax has no margin")
-    if args.scale is not None and args.loss in PAIR_LOSSES:
-        p.error(f"--scale: --loss {args.loss} has no logit scale")
     return args
 
 
@@ -139,29 +185,30 @@ def make_scheduler(opt, args, steps_per_epoch: int):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rank, world, local_rank = C.env_rank()
+    # everything is checked before any data is built or any file written (on every rank,
+    # before any rank can create the folder)
+    folder = runs.RunFolder(args, "train_vggface2", OUTPUTS)
+    resumed = runs.read_resume(args, folder)
+    runs.check_resume(resumed, args, runs.RESUME_KEYS)
+    data = C.open_folder(args) if args.data is not None else None
+
+    rank, world, device = C.init_distributed(args)
     distributed = world > 1
-    if distributed:
-        backend = "nccl" if args.device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{local_rank}"
-            torch.cuda.set_device(local_rank)
-    device = torch.device(args.device)
     main_proc = get_rank() == 0
     # one random stream per rank, so ranks do not flip and crop their i-th images alike;
     # DDP starts every rank from rank 0's initial weights
     torch.manual_seed(args.seed + rank)
-    out = C.output_dir(args, "train_vggface2") if main_proc else None
 
-    train_set, held, held_raw = C.build_datasets(args)
-    image_size = held[0][0].shape[-1]
+    train_set, held, held_raw = C.build_datasets(args, data)
     num_classes = int(train_set.labels.max()) + 1
     pair_loss = args.loss in PAIR_LOSSES
     if pair_loss:
-        batch_sampler = IdentityBatchSampler(
-            train_set.labels, args.P, args.K, num_replicas=world, rank=rank, seed=args.seed
-        )
+        try:
+            batch_sampler = IdentityBatchSampler(
+                train_set.labels, args.P, args.K, num_replicas=world, rank=rank, seed=args.seed
+            )
+        except ValueError as exc:
+            raise cli.UsageError(f"--P {args.P} --K {args.K}: {exc}") from None
         sampler = None
     elif distributed:
         sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
@@ -180,7 +227,8 @@ def main(argv=None) -> dict:
             train_set, batch_size=args.batch_size, sampler=s, drop_last=True, **loader_kw
         )
 
-    backbone = C.build_model(args, image_size)
+    steps_per_epoch = C.check_batches(make_loader(0), "training images per epoch")
+    backbone = C.build_model(args)
     loss, miner = build_loss(args, num_classes, distributed)
     objective = Objective(backbone, loss, miner).to(device)
     if args.channels_last:
@@ -190,7 +238,6 @@ def main(argv=None) -> dict:
         opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = C.check_batches(make_loader(0), "training images per epoch")
     sched = make_scheduler(opt, args, steps_per_epoch)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -199,144 +246,146 @@ def main(argv=None) -> dict:
         objective.backbone.compile()  # in place: state_dict keys stay those of the backbone
     if distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[local_rank] if device.type == "cuda" else None
+            objective, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    start_epoch, step, history = 0, 0, []
-    ckpt = C.resume(
-        args,
-        model=objective,
-        optimizer=opt,
-        scheduler=sched,
-        scaler=scaler,
-        map_location=device,
-        restore_rng=not distributed,  # each rank restores its own state below
-    )
-    if ckpt is not None:
-        path = ckpt["path"]
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-        if distributed:
-            C.restore_rank_rng(ckpt["extra"].get("rng_per_rank"), rank, world)
-        history = list(ckpt["extra"].get("history", []))
-        if main_proc:
-            print(f"resumed from {path} at epoch {start_epoch}, step {step}")
-            if start_epoch >= args.epochs:
-                print(f"all {args.epochs} epochs are done: nothing left to train, evaluating")
-
-    tb = None
-    if main_proc:
-        print(
-            f"train: {len(train_set)} images of {num_classes} identities; held out: "
-            f"{len(held)} images of {int(held_raw.labels.max()) + 1} identities; "
-            f"{image_size}x{image_size}, device {device}"
-        )
-        baseline = C.raw_pixel_report(held_raw, image_size)
-        print(f"raw-pixel baseline on held-out identities: EER {baseline.eer:.4f}")
-        log = C.CsvLog(
-            out / "log.csv",
-            [
-                "epoch",
-                "step",
-                "loss",
-                "lr",
-                "eer",
-                "auc",
-                "tar@far=0.01",
-                "tar@far=0.1",
-                "seconds",
-            ],
-            keep=start_epoch,
-        )
-        if args.tensorboard:
-            from metricface._optional import require
-
-            tb = require("torch.utils.tensorboard", extra=None).SummaryWriter(str(out / "tb"))
-
-    report = emb = labels = None
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        train_model.train()
-        total, n = 0.0, 0
-        loader = make_loader(epoch)
-        bar = C.progress(
-            loader,
-            len(loader),
-            f"epoch {epoch + 1}/{args.epochs}",
-            main_proc and not args.no_progress,
-        )
-        for images, target in bar:
-            images = images.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                value = train_model(images, target)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(value).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            v = value.item()
-            total, n = total + v, n + 1
-            if not math.isfinite(v):
-                raise FloatingPointError(f"loss became {v} at step {step}")
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": total / max(n, 1),
-            "lr": opt.param_groups[0]["lr"],
-        }
-        if main_proc:
-            report, emb, labels = C.evaluate(objective.backbone, held, args, device)
-            row.update(eer=report.eer, auc=report.auc, seconds=time.perf_counter() - t0)
-            row.update({f"tar@far={f:g}": t for f, t in zip(report.far_targets, report.tar)})
-            history.append({k: float(v) for k, v in row.items()})
-            log.write(row)
-            if tb is not None:
-                for k, v in row.items():
-                    tb.add_scalar(k, v, step)
-            print(
-                f"epoch {epoch + 1:3d}  loss {row['loss']:.4f}  held-out EER {report.eer:.4f}"
-                f"  TAR@FAR=1e-2 {row['tar@far=0.01']:.4f}  ({row['seconds']:.1f} s)",
-                flush=True,
-            )
-        # every rank's RNG states as they are now, so that a resumed run continues each exactly
-        rng_per_rank = C.gather_rank_rng() if distributed else None
-        if main_proc:
-            save_checkpoint(
-                out / "checkpoint.pt",
+    out = folder.create() if main_proc else folder.path
+    with runs.guarded(folder, args, world):  # Ctrl-C or an error: keep what is saved, say how on
+        start_epoch, step, history = 0, 0, []
+        if resumed is not None:
+            ckpt = runs.restore(
+                resumed,
+                folder,
                 model=objective,
                 optimizer=opt,
                 scheduler=sched,
                 scaler=scaler,
-                epoch=epoch + 1,
-                step=step,
-                extra={"history": history, "config": vars(args), "rng_per_rank": rng_per_rank},
+                map_location=device,
+                restore_rng=not distributed,  # each rank restores its own state below
             )
-        if distributed:
-            dist.barrier()
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch:
+            start_epoch, step = ckpt["epoch"], ckpt["step"]
+            if distributed:
+                C.restore_rank_rng(ckpt["extra"].get("rng_per_rank"), rank, world)
+            history = list(ckpt["extra"].get("history", []))
             if main_proc:
-                print(f"stopping after epoch {epoch + 1} as asked (--stop-after-epoch)")
-            break
+                print(f"resumed from {resumed.path} at epoch {start_epoch}, step {step}")
+                if start_epoch >= args.epochs:
+                    print(f"all {args.epochs} epochs are done: nothing left to train, evaluating")
 
-    result = {"history": history}
-    if main_proc:
-        if report is None:
-            report, emb, labels = C.evaluate(objective.backbone, held, args, device)
-        (out / "report.txt").write_text(str(report) + "\n")
-        print(report)
-        if not args.no_plots:
-            C.save_plots(out, report, emb, labels)
-        print(f"raw-pixel EER {baseline.eer:.4f} -> trained EER {report.eer:.4f}; outputs in {out}")
-        result.update(eer=report.eer, baseline_eer=baseline.eer, output=str(out))
-        if tb is not None:
-            tb.close()
-    if distributed:
-        dist.destroy_process_group()
-    return result
+        tb = None
+        if main_proc:
+            n_held = int(held_raw.labels.max()) + 1
+            print(
+                f"train: {len(train_set)} images of {num_classes} identities; held "
+                f"out: {len(held)} images of {n_held} identities; {args.image_size}x"
+                f"{args.image_size}, device {device}"
+            )
+            baseline = C.raw_pixel_report(held_raw, args.image_size)
+            print(f"raw-pixel baseline on held-out identities: EER {baseline.eer:.4f}")
+            log = C.CsvLog(
+                out / "log.csv",
+                [
+                    "epoch",
+                    "step",
+                    "loss",
+                    "lr",
+                    "eer",
+                    "auc",
+                    "tar@far=0.01",
+                    "tar@far=0.1",
+                    "seconds",
+                ],
+                keep=start_epoch,
+            )
+            if args.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(str(out / "tb"))
+
+        report = emb = labels = None
+        for epoch in range(start_epoch, args.epochs):
+            t0 = time.perf_counter()
+            train_model.train()
+            total, n = 0.0, 0
+            loader = make_loader(epoch)
+            bar = C.progress(
+                loader,
+                len(loader),
+                f"epoch {epoch + 1}/{args.epochs}",
+                main_proc and not args.no_progress,
+            )
+            for images, target in bar:
+                images = images.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                if args.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    value = train_model(images, target)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(value).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                v = value.item()
+                total, n = total + v, n + 1
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"loss became {v} at step {step}")
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": total / max(n, 1),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            if main_proc:
+                report, emb, labels = C.evaluate(objective.backbone, held, args, device)
+                row.update(eer=report.eer, auc=report.auc, seconds=time.perf_counter() - t0)
+                row.update({f"tar@far={f:g}": t for f, t in zip(report.far_targets, report.tar)})
+                history.append({k: float(v) for k, v in row.items()})
+            # every rank's RNG states as they are now, so that a resumed run continues each exactly
+            rng_per_rank = C.gather_rank_rng() if distributed else None
+            if main_proc:
+                with runs.interrupts_deferred():  # the row and the checkpoint land together
+                    log.write(row)
+                    save_checkpoint(
+                        out / "checkpoint.pt",
+                        model=objective,
+                        optimizer=opt,
+                        scheduler=sched,
+                        scaler=scaler,
+                        epoch=epoch + 1,
+                        step=step,
+                        extra={
+                            "history": history,
+                            "config": cli.config(args),
+                            "rng_per_rank": rng_per_rank,
+                        },
+                    )
+                    folder.saved_epoch = epoch + 1
+                if tb is not None:
+                    for k, v in row.items():
+                        tb.add_scalar(k, v, step)
+                print(
+                    f"epoch {epoch + 1:3d}  loss {row['loss']:.4f}  held-out EER {report.eer:.4f}"
+                    f"  TAR@FAR=1e-2 {row['tar@far=0.01']:.4f}  ({row['seconds']:.1f} s)",
+                    flush=True,
+                )
+            if distributed:
+                dist.barrier()
+            if runs.stop_requested(args, epoch + 1, main_proc):
+                break
+
+        result = {"history": history}
+        if main_proc:
+            if report is None:
+                report, emb, labels = C.evaluate(objective.backbone, held, args, device)
+            result.update(C.finish(out, args, report, emb, labels, baseline))
+            if tb is not None:
+                tb.close()
+        if distributed:
+            dist.destroy_process_group()
+        return result
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main, SCRIPT))

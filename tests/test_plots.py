@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,14 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 plt = pytest.importorskip("matplotlib.pyplot")
 
-from metricface.plots import plot_det, plot_embeddings, plot_roc, plot_score_histogram  # noqa: E402
+from metricface.metrics import verification_report  # noqa: E402
+from metricface.plots import (  # noqa: E402
+    plot_det,
+    plot_embeddings,
+    plot_report,
+    plot_roc,
+    plot_score_histogram,
+)
 
 
 @pytest.fixture
@@ -80,6 +90,8 @@ def test_plot_embeddings(method):
     xy = ax.collections[0].get_offsets()
     assert xy.shape == (40, 2) and np.isfinite(xy).all()
     assert "4 identities" in ax.get_title()
+    axis = "PC" if method == "pca" else "t-SNE"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (f"{axis} 1", f"{axis} 2")
 
 
 def test_plot_embeddings_pca_separates_clusters():
@@ -164,3 +176,100 @@ def test_plot_embeddings_colours_points_by_identity(method):
     # one colour per identity, shared by all its points and by no other identity's
     pairs = set(zip(labels.tolist(), codes.tolist()))
     assert len(pairs) == 3 and len({c for _, c in pairs}) == 3
+
+
+def test_plot_report_draws_the_curves_of_plot_roc_and_plot_det(scores):
+    y, s = scores
+    rep = verification_report(y, s)
+    _, (a1, a2, b1, b2) = plt.subplots(1, 4)
+    assert plot_report(rep, ax=a1, label="model") is a1
+    assert plot_report(rep, "det", ax=a2) is a2
+    plot_roc(y, s, ax=b1, label="model")
+    plot_det(y, s, ax=b2)
+    for ours, ref in ((a1, b1), (a2, b2)):
+        for la, lb in zip(ours.get_lines(), ref.get_lines(), strict=True):
+            np.testing.assert_array_equal(la.get_xydata(), lb.get_xydata())
+    assert a1.get_legend().get_texts()[0].get_text() == "model"
+    with pytest.raises(ValueError, match="kind must be 'roc' or 'det'"):
+        plot_report(rep, "pr")
+    with pytest.raises(TypeError, match="report must be a metricface.metrics.VerificationReport"):
+        plot_report((y, s))
+
+
+def _clipped(fig) -> bool:
+    """Whether anything drawn (labels, ticks, legend, title) reaches beyond the saved figure."""
+    fig.canvas.draw()
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, like bbox_inches
+    page = fig.bbox_inches
+    tol = 1e-3
+    return (
+        drawn.x0 < page.x0 - tol
+        or drawn.y0 < page.y0 - tol
+        or drawn.x1 > page.x1 + tol
+        or drawn.y1 > page.y1 + tol
+    )
+
+
+def test_new_figures_label_their_axes_have_a_legend_and_clip_nothing(scores):
+    """A DET y-label used to be cut off at default save settings; now nothing is."""
+    y, s = scores
+    rng = np.random.default_rng(2)
+    y_big = rng.random(400_000) < 0.1  # DET ticks down to 0.001 %: the widest tick labels
+    s_big = rng.normal(size=y_big.size) + 2.5 * y_big
+    labels = torch.arange(20).repeat_interleave(4)
+    emb = torch.randn(20, 8)[labels] + 0.2 * torch.randn(80, 8)
+    for ax in (
+        plot_roc(y, s),
+        plot_det(y, s),
+        plot_det(y_big, s_big),
+        plot_score_histogram(y, s),
+        plot_embeddings(emb, labels, method="pca"),
+    ):
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+        assert ax.get_legend() is not None and ax.get_legend().get_texts()
+        assert not _clipped(ax.figure), ax.get_xlabel()
+
+
+def test_plot_embeddings_names_its_projection_and_the_identities(monkeypatch):
+    import sys
+
+    labels = torch.tensor([5, 9, 30] * 4)
+    emb = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    ax = plot_embeddings(emb, labels, method="pca", max_legend=2)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("PC 1", "PC 2")
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["5", "9"]
+    assert legend.get_title().get_text() == "identity (first 2 of 3)"
+    # the legend's colours are those of the identities' points
+    codes = np.asarray(ax.collections[0].get_array())
+    for handle, k in zip(legend.legend_handles, (0, 1)):
+        point = ax.collections[0].to_rgba(codes[codes == k][:1])[0]
+        np.testing.assert_allclose(matplotlib.colors.to_rgba(handle.get_color()), point)
+    assert "no scikit-learn" not in ax.get_title()
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # scikit-learn missing
+    ax = plot_embeddings(emb, labels)
+    assert ax.get_title().startswith("PCA of 12 embeddings, 3 identities")
+    assert "no scikit-learn: no t-SNE" in ax.get_title()
+
+
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """Every ``(module, name)`` a file imports, function-level (lazy) imports included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, "") for a in node.names]
+    return found
+
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "metricface"
+
+
+def test_plots_depend_on_metrics_never_the_reverse_and_only_on_public_names():
+    for path in (SRC / "metrics").glob("*.py"):
+        for module, name in _imports(path):
+            assert "plots" not in ([*module.split("."), name]), (path.name, module, name)
+    for module, name in _imports(SRC / "plots.py"):
+        if module.startswith("metricface.metrics"):
+            assert not any(p.startswith("_") for p in [*module.split("."), name]), (module, name)

@@ -7,6 +7,10 @@ CUDA device), NumPy and Python's :mod:`random`. Restoring all of them with
 masks as an uninterrupted one, so it ends with bitwise-identical weights (on the same hardware
 and software, with deterministic kernels).
 
+:func:`load_backbone` reads only the weights of a network out of a checkpoint, for inference or
+fine-tuning: out of an example trainer's checkpoint (where the backbone sits beside a loss under
+``backbone.``), a checkpoint of a compiled or DDP-wrapped model, or a bare state dict.
+
 Two properties matter in practice:
 
 Atomic
@@ -38,7 +42,14 @@ from torch import nn
 
 from metricface._validation import check_scalar
 
-__all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap_model"]
+__all__ = [
+    "get_rng_state",
+    "load_backbone",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+    "unwrap_model",
+]
 
 _FORMAT = "metricface.checkpoint"
 _VERSION = 1
@@ -267,7 +278,7 @@ def load_checkpoint(
     scheduler: Any | None = None,
     scaler: Any | None = None,
     map_location: str | torch.device | None = "cpu",
-    restore_rng: bool = True,
+    restore_rng: bool | None = None,
     strict: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` and restore the given objects.
@@ -284,8 +295,11 @@ def load_checkpoint(
     map_location : str or torch.device, optional
         Where tensors are loaded (default CPU; ``load_state_dict`` moves them to the model's
         and optimizer's devices).
-    restore_rng : bool
+    restore_rng : bool, optional
         Restore the torch/CUDA/NumPy/Python random states, so that training continues exactly.
+        By default they are restored when an ``optimizer`` is given (resuming training) and
+        left alone otherwise (loading weights, e.g. for inference, does not reset the caller's
+        random streams).
     strict : bool
         Passed to ``model.load_state_dict``.
 
@@ -304,16 +318,57 @@ def load_checkpoint(
         If ``path`` does not exist.
     ValueError
         If the file is truncated or corrupt, is not a metricface checkpoint, or holds objects
-        that are not safe to load; the message names the file.
+        that are not safe to load; the message names the file. Also if ``model``'s weights sit
+        under a prefix in the checkpoint (``backbone.`` in the example trainers'): the message
+        points to :func:`load_backbone`.
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_state_holders("load_state_dict", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    ckpt = _read(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not a metricface checkpoint (expected a dict with "
+            f"format={_FORMAT!r}); for a bare state dict use "
+            "model.load_state_dict(torch.load(path, weights_only=True)), or "
+            "load_backbone(path, model)"
+        )
+    if ckpt.get("version", 0) > _VERSION:
+        raise ValueError(
+            f"{str(path)!r} has checkpoint format version {ckpt['version']}, newer than this "
+            f"metricface reads ({_VERSION}); upgrade metricface"
+        )
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and ckpt.get(name) is None:
+            raise ValueError(f"{name} was given but {str(path)!r} holds no {name} state")
+    if model is not None:
+        target = unwrap_model(model)
+        prefix = _prefix_of(target.state_dict(), ckpt["model"])
+        if prefix:
+            raise ValueError(
+                f"model's weights are stored under {prefix!r} in {str(path)!r} (beside other "
+                f"modules): load them with metricface.checkpoint.load_backbone(path, model, "
+                f"prefix={prefix!r}), or pass the module that holds them all"
+            )
+        target.load_state_dict(ckpt["model"], strict=strict)
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if restore_rng or (restore_rng is None and optimizer is not None):
+        set_rng_state(ckpt["rng"])
+    return ckpt
+
+
+def _read(path: str | os.PathLike[str], map_location: Any) -> Any:
+    """``torch.load(path, weights_only=True)``, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
@@ -333,28 +388,149 @@ def load_checkpoint(
             f"copy or a save that did not finish), or was not written by torch.save "
             f"({type(exc).__name__}: {exc})"
         ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+
+
+#: Wrapper prefixes that carry no meaning for the weights: ``torch.compile`` (``_orig_mod.``)
+#: and ``DistributedDataParallel``/``DataParallel`` (``module.``), at any depth.
+_WRAPPER_PARTS = ("_orig_mod", "module")
+
+
+def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every ``_orig_mod.``/``module.`` key segment removed, where that is safe.
+
+    A model whose own submodule is called ``module`` keeps it: the segments are removed only
+    when no two keys collide and no key becomes empty.
+    """
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        parts = [p for p in key.split(".") if p not in _WRAPPER_PARTS]
+        new = ".".join(parts)
+        if not parts or new in out:
+            return dict(state)
+        out[new] = value
+    return out
+
+
+def _under(stored: Mapping[str, Any], prefix: str) -> set[str]:
+    """Keys of ``stored`` that start with ``prefix``, without it."""
+    return {k[len(prefix) :] for k in stored if k.startswith(prefix)}
+
+
+def _prefix_of(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> str | None:
+    """The prefix under which ``stored`` holds exactly the keys of ``expected``: ``""`` when
+    the keys match as they are, ``"backbone."`` (say) when they sit under it, ``None`` when no
+    prefix does."""
+    want = set(expected)
+    if not want:
+        return None
+    if want <= set(stored):
+        return ""
+    first = next(iter(expected))
+    for key in stored:
+        if key.endswith("." + first):
+            prefix = key[: -len(first)]
+            if _under(stored, prefix) == want:
+                return prefix
+    return None
+
+
+def load_backbone(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    prefix: str | None = None,
+    map_location: str | torch.device | None = "cpu",
+) -> dict[str, Any]:
+    """Load a network's weights out of a checkpoint, safely, for inference or fine-tuning.
+
+    Reads ``path`` with ``torch.load(..., weights_only=True)``, so no pickled code runs, and
+    leaves every random generator alone. ``path`` may hold a :func:`save_checkpoint`
+    checkpoint, such as those the example trainers write (their backbone is stored beside the
+    loss's class centers under ``backbone.``), or a bare ``state_dict()``. ``torch.compile``
+    (``_orig_mod.``) and DDP (``module.``) prefixes are removed first, on both sides.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+    model : torch.nn.Module
+        The network to fill, built with the same architecture (e.g. from the checkpoint's
+        ``extra["config"]``); wrappers are removed. Every one of its weights must be found.
+    prefix : str, optional
+        Where the weights sit in the checkpoint, e.g. ``"backbone."``. By default the keys are
+        matched as they are and, failing that, under the one prefix that holds all of them.
+    map_location : str or torch.device, optional
+        Where tensors are loaded (``load_state_dict`` then copies them to the model's device).
+
+    Returns
+    -------
+    dict
+        The checkpoint's other entries: ``"epoch"``, ``"step"``, ``"extra"`` (with the
+        training ``"config"`` the examples store) and ``"prefix"`` (the prefix used); empty
+        apart from ``"prefix"`` for a bare state dict.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a module.
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is corrupt or unsafe to load, or its weights do not fit ``model``: no
+        prefix holds all of them, or their shapes differ (the message names them).
+
+    Examples
+    --------
+    >>> from metricface.backbones import iresnet18
+    >>> from metricface.checkpoint import load_backbone, save_checkpoint
+    >>> trained = torch.nn.ModuleDict({"backbone": iresnet18(embedding_dim=32, width=0.125)})
+    >>> _ = save_checkpoint("run.pt", model=trained, epoch=1, step=10)
+    >>> model = iresnet18(embedding_dim=32, width=0.125)
+    >>> load_backbone("run.pt", model)["prefix"]
+    'backbone.'
+    >>> torch.equal(model.fc.weight, trained["backbone"].fc.weight)
+    True
+    >>> os.remove("run.pt")
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str or None, got {type(prefix).__name__}")
+    ckpt = _read(path, map_location)
+    if isinstance(ckpt, dict) and ckpt.get("format") == _FORMAT:
+        stored, info = ckpt["model"], {k: ckpt[k] for k in ("epoch", "step", "extra") if k in ckpt}
+    elif isinstance(ckpt, Mapping) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        stored, info = ckpt, {}
+    else:
         raise ValueError(
-            f"{str(path)!r} is not a metricface checkpoint (expected a dict with "
-            f"format={_FORMAT!r}); for a bare state dict use "
-            "model.load_state_dict(torch.load(path, weights_only=True))"
+            f"{str(path)!r} is neither a metricface checkpoint nor a state dict (a mapping of "
+            "names to tensors)"
         )
-    if ckpt.get("version", 0) > _VERSION:
+    target = unwrap_model(model)
+    expected = _strip_wrappers(target.state_dict())
+    stored = _strip_wrappers(stored)
+    found = _prefix_of(expected, stored) if prefix is None else prefix
+    if found is None or not set(expected) <= _under(stored, found):
+        groups = sorted({k.split(".", 1)[0] + "." for k in stored if "." in k})
+        missing = [k for k in expected if (found or "") + k not in stored]
         raise ValueError(
-            f"{str(path)!r} has checkpoint format version {ckpt['version']}, newer than this "
-            f"metricface reads ({_VERSION}); upgrade metricface"
+            f"{str(path)!r} does not hold the weights of this {type(target).__name__}"
+            + (f" under prefix={prefix!r}" if prefix is not None else "")
+            + f": {len(missing)} of its {len(expected)} weights are missing, e.g. "
+            f"{missing[:3]}; the checkpoint's top-level groups are {groups[:8]}"
         )
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-        if obj is not None and ckpt.get(name) is None:
-            raise ValueError(f"{name} was given but {str(path)!r} holds no {name} state")
-    if model is not None:
-        unwrap_model(model).load_state_dict(ckpt["model"], strict=strict)
-    if optimizer is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    if restore_rng:
-        set_rng_state(ckpt["rng"])
-    return ckpt
+    weights = {k: stored[found + k] for k in expected}
+    wrong = [
+        f"{k}: {tuple(weights[k].shape)} stored, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if isinstance(v, torch.Tensor) and weights[k].shape != v.shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"{str(path)!r} holds weights of other shapes than this {type(target).__name__} "
+            f"(another architecture or width?): {'; '.join(wrong[:3])}"
+        )
+    own = dict(zip(expected, target.state_dict()))  # stripped name -> the model's own name
+    target.load_state_dict({own[k]: v for k, v in weights.items()}, strict=True)
+    info["prefix"] = found
+    return info

@@ -202,7 +202,7 @@ class VerificationSets:
         (uniform) size is used: 112x112 for the InsightFace files.
     mean, std : sequence of 3 floats
         Per-channel normalisation of pixels scaled to ``[0, 1]`` (the training normalisation;
-        default :data:`~metricface.data.FACE_MEAN` / :data:`~metricface.data.FACE_STD`).
+        default ``metricface.data.FACE_MEAN`` / ``FACE_STD``).
     n_folds : int
         Folds of the accuracy protocol (10 as for LFW).
     far_targets : sequence of float

@@ -1,4 +1,5 @@
-"""verification_report agrees with the individual metrics, prints and plots."""
+"""verification_report agrees with the individual metrics and prints; the all-pairs form agrees
+with explicitly listed pairs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,20 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from metricface.metrics import (
     VerificationReport,
+    all_pair_scores,
     equal_error_rate,
     roc_auc,
     roc_curve,
     tar_at_far,
     verification_report,
+    verification_report_from_embeddings,
 )
 
 
@@ -62,15 +69,86 @@ def test_report_validation():
         verification_report([1, 0], [0.3, np.nan])
 
 
-def test_report_plot(scores):
-    plt = pytest.importorskip("matplotlib.pyplot")
+def test_report_warns_when_scores_look_like_distances(scores):
     y, s = scores
-    rep = verification_report(y, s)
-    ax = rep.plot()
-    assert ax.get_xscale() == "log"
-    _, (a1, a2) = plt.subplots(1, 2)
-    assert rep.plot("roc", ax=a1, label="model") is a1
-    assert rep.plot("det", ax=a2) is a2
-    with pytest.raises(ValueError, match="kind must be 'roc' or 'det'"):
-        rep.plot("pr")
-    plt.close("all")
+    with pytest.warns(UserWarning, match="looks like a distance"):
+        rep = verification_report(y, -s)  # distances: lower = more alike
+    assert rep.auc < 0.5 and rep.eer > 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verification_report(y, s)
+        verification_report([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5])  # AUC = EER = 0.5: no hint
+
+
+def _explicit_pairs(emb, labels, normalize=True):
+    """The reference: every pair (i < j) listed, scored one by one in float64."""
+    x = torch.as_tensor(emb, dtype=torch.float64)
+    if normalize:
+        x = x / x.norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(len(labels), len(labels), 1)
+    return (labels[i] == labels[j]).numpy(), (x[i] * x[j]).sum(1).numpy()
+
+
+@given(
+    data=st.integers(4, 40).flatmap(
+        lambda n: st.tuples(
+            hnp.arrays(np.int8, (n, 3), elements=st.integers(-3, 3)),
+            hnp.arrays(np.int64, n, elements=st.integers(0, 3)),
+        )
+    ),
+    block_size=st.integers(1, 200),
+)
+def test_report_from_embeddings_equals_explicit_pairs(data, block_size):
+    """Integer embeddings score exactly in float64: both sides see the same ties."""
+    emb, labels = torch.tensor(data[0], dtype=torch.float32), torch.tensor(data[1])
+    y, s = _explicit_pairs(emb, labels, normalize=False)
+    got_y, got_s = all_pair_scores(emb, labels, normalize=False, block_size=block_size)
+    np.testing.assert_array_equal(got_y, y)  # the same pairs, in the same order
+    np.testing.assert_array_equal(got_s, s)
+    assume(0 < y.sum() < len(y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = verification_report(y, s)
+        got = verification_report_from_embeddings(
+            emb, labels, normalize=False, block_size=block_size
+        )
+    assert got.as_dict() == ref.as_dict()
+    assert (got.n_genuine, got.n_impostor) == (ref.n_genuine, ref.n_impostor)
+    for a, b in zip((got.fpr, got.tpr, got.thresholds), (ref.fpr, ref.tpr, ref.thresholds)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_report_from_embeddings_cosine_matches_explicit_pairs():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(30).repeat_interleave(5)
+    emb = torch.randn(30, 16, generator=g)[labels] + 0.8 * torch.randn(150, 16, generator=g)
+    y, s = _explicit_pairs(emb, labels)
+    ref = verification_report(y, s)
+    for block_size in (500, 1 << 22):
+        got = verification_report_from_embeddings(emb.half(), labels, block_size=block_size)
+        half = verification_report(*_explicit_pairs(emb.half().float(), labels))
+        assert got.as_dict() == pytest.approx(half.as_dict(), abs=1e-12)
+    got = verification_report_from_embeddings(emb, labels, far_targets=[0.01, 0.1])
+    assert (got.n_genuine, got.n_impostor) == (150 * 4 // 2, 150 * 149 // 2 - 300)
+    assert got.eer == pytest.approx(ref.eer, abs=1e-12) and 0 < got.eer < 0.5
+    assert got.far_targets == (0.01, 0.1)
+
+
+def test_report_from_embeddings_validation():
+    emb = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="got 0 genuine and 6 impostor"):
+        verification_report_from_embeddings(emb, torch.arange(4))  # no genuine pair
+    with pytest.raises(ValueError, match="got 6 genuine and 0 impostor"):
+        verification_report_from_embeddings(emb, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="one entry per embedding"):
+        verification_report_from_embeddings(emb, torch.tensor([0, 0, 1]))
+    with pytest.raises(TypeError, match="integer dtype"):
+        verification_report_from_embeddings(emb, torch.tensor([0.0, 0, 1, 1]))
+    bad = emb.clone()
+    bad[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        verification_report_from_embeddings(bad, torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="at least 2 rows to form a pair, got 1"):
+        all_pair_scores(emb[:1], torch.tensor([0]))
+    with pytest.raises(ValueError, match="block_size"):
+        verification_report_from_embeddings(emb, torch.tensor([0, 0, 1, 1]), block_size=0)

@@ -345,7 +345,7 @@ class RecordFaces(Dataset):
     def subset(self, indices: Sequence[int] | np.ndarray) -> RecordFaces:
         """The items ``indices`` (in that order) as a dataset with the same labels.
 
-        The result shares the file, :attr:`transform` and :attr:`num_classes`; it is what a
+        The result shares the file, ``transform`` and :attr:`num_classes`; it is what a
         held-out evaluation set of a few images per identity needs.
         """
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -30,7 +30,7 @@ __all__ = [
     "train_transform",
 ]
 
-#: Normalisation mean of the ArcFace/InsightFace recipes: pixels mapped to ``[-1, 1]``.
+#: Normalisation mean of the ArcFace/InsightFace recipes, which map pixels to ``[-1, 1]``.
 FACE_MEAN = (0.5, 0.5, 0.5)
 #: Normalisation standard deviation of the ArcFace/InsightFace recipes.
 FACE_STD = (0.5, 0.5, 0.5)

@@ -1,6 +1,7 @@
 """Evaluation metrics: verification (ROC, DET, EER, TAR@FAR), identification, clustering and
 the IJB-B/C template protocols."""
 
+from metricface.metrics._checks import check_binary_scores
 from metricface.metrics.clustering import (
     KMeansResult,
     KMeansScores,
@@ -18,7 +19,12 @@ from metricface.metrics.identification import (
     open_set_identification_from_scores,
     top_k_accuracy,
 )
-from metricface.metrics.report import VerificationReport, verification_report
+from metricface.metrics.report import (
+    VerificationReport,
+    all_pair_scores,
+    verification_report,
+    verification_report_from_embeddings,
+)
 from metricface.metrics.templates import (
     IJB_FAR_TARGETS,
     IJBReport,
@@ -46,7 +52,9 @@ __all__ = [
     "ScoreHistogram",
     "TemplateIdentification",
     "VerificationReport",
+    "all_pair_scores",
     "all_pairs_histogram",
+    "check_binary_scores",
     "cluster_accuracy",
     "cmc_curve",
     "cmc_curve_from_scores",
@@ -67,4 +75,5 @@ __all__ = [
     "template_pair_scores",
     "top_k_accuracy",
     "verification_report",
+    "verification_report_from_embeddings",
 ]

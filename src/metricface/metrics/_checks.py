@@ -199,7 +199,7 @@ def check_binary_arrays(
 def check_binary_scores(
     y_true: Any, y_score: Any, *, require_both: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate verification labels and scores (as :func:`check_binary_arrays`), on the host.
+    """Validate verification labels and scores as the metrics do, and copy them to the host.
 
     Returns
     -------

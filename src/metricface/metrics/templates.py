@@ -66,7 +66,7 @@ __all__ = [
     "template_pair_scores",
 ]
 
-#: The FAR targets of the IJB-B/C 1:1 verification table.
+#: The FAR targets of the IJB-B/C one-to-one verification table.
 IJB_FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 # Score template-by-template blocks when they hold at most this many entries per pair: a block
@@ -433,8 +433,8 @@ class TemplateIdentification:
         actually reached; NaN when every probe is mated (no non-mated search to count).
     ranks, rank_rates : tuple
         Rank ``k`` and the fraction of mated probes whose subject ranks ``<= k`` (CMC).
-    cmc : numpy.ndarray, shape (max(ranks),)
-        The CMC of the mated probes up to the largest rank.
+    cmc : numpy.ndarray
+        The CMC of the mated probes up to the largest rank, shape ``(max(ranks),)``.
     open_set : OpenSetResult or None
         The full open-set result (its DIR/FPIR curve), ``None`` when every probe is mated.
     """
@@ -619,8 +619,8 @@ class IJBReport:
         Images pooled and templates formed.
     verification : VerificationReport or None
         1:1 results (AUC, EER, TAR at each FAR target); its ROC keeps only the points where the
-        curve bends (``roc_curve(..., drop_intermediate=True)``), so ``.plot()`` draws the exact
-        curve. ``None`` without pairs.
+        curve bends (``roc_curve(..., drop_intermediate=True)``), so
+        :func:`metricface.plots.plot_report` draws the exact curve. ``None`` without pairs.
     identification : dict of str to TemplateIdentification
         1:N results per gallery name, empty without galleries.
     scores : numpy.ndarray or None
@@ -687,17 +687,6 @@ class IJBReport:
 
     def __str__(self) -> str:
         return self.format()
-
-    def plot(self, *, ax: Any = None, label: str | None = None) -> Any:
-        """Plot the 1:1 ROC (TAR against FAR on a log axis) with the EER marked.
-
-        Returns
-        -------
-        matplotlib.axes.Axes
-        """
-        if self.verification is None:
-            raise ValueError("this report has no 1:1 results (no pairs were given)")
-        return self.verification.plot("roc", ax=ax, label=label or self.name)
 
 
 def _check_pair_labels(labels: Any, n: int) -> np.ndarray:
