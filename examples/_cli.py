@@ -37,7 +37,8 @@ class Interrupted(Exception):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each flag's default, except where there is none (``None``, off switches)."""
+    """Shows each flag's default, except where there is none (``None``, off switches, an
+    empty list)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -47,6 +48,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             and default is not None
             and default is not argparse.SUPPRESS
             and default is not False
+            and default != []
             and action.option_strings
         ):
             text += " (default: %(default)s)"

@@ -87,11 +87,12 @@ MINERS = {
 class Objective(nn.Module):
     """Backbone + loss in one module, so DDP synchronises replicated class centers too.
 
-    Class centers sharded over the ranks (Partial FC) must not be averaged by DDP: then only
-    the backbone is wrapped (:func:`wrap_for_ranks`) and ``grad_scale`` is the number of
-    ranks, which undoes DDP's averaging of the backbone's gradients (each rank's embeddings
-    already receive the gradient of the loss of the global batch), as one process training on
-    the global batch would (and as arcface_torch does).
+    Class centers sharded over the ranks (Partial FC) must not be averaged by DDP: then
+    :func:`main` wraps only the backbone in DDP, in an ``Objective`` whose ``grad_scale`` is
+    the number of ranks. That undoes DDP's averaging of the backbone's gradients (each rank's
+    embeddings already receive the gradient of the loss of the global batch), so the backbone
+    trains as one process on the global batch would (and as arcface_torch does). Checkpoints
+    gather the shards (``_partial_fc.py``).
     """
 
     def __init__(

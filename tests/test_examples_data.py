@@ -4,6 +4,7 @@ configurations (``--recipe``), with Partial FC sharded over the ranks."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shlex
@@ -121,34 +122,30 @@ def test_docs_list_each_recipe_as_the_code_defines_it():
 
 
 def test_poly_schedule_resumes_where_it_stopped():
+    """The scheduler and optimizer states of a checkpoint continue the schedule exactly."""
     args = ex.parse_args(["--recipe", "wf42m_pfc02_8gpus_r50_bs4k", "--epochs", "3"])
     w = torch.zeros(1, requires_grad=True)
 
-    def run(steps, state=None):
+    def run(steps, states=None):
         opt = torch.optim.SGD([w], lr=args.lr)
         sched = ex.make_scheduler(opt, args, 5)
-        if state is not None:
-            sched.load_state_dict(state)
+        if states is not None:
+            opt.load_state_dict(states[0])
+            sched.load_state_dict(states[1])
         lrs = []
         for _ in range(steps):
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
-        return lrs, sched.state_dict()
+        buf = io.BytesIO()
+        torch.save((opt.state_dict(), sched.state_dict()), buf)  # as a checkpoint holds them
+        buf.seek(0)
+        return lrs, torch.load(buf, weights_only=True)
 
     whole, _ = run(15)
-    first, state = run(6)
-    rest, _ = run(9, torch.load(_roundtrip(state), weights_only=True))
+    first, states = run(6)
+    rest, _ = run(9, states)
     assert first + rest == whole and whole[0] == 0.0 and max(whole) == pytest.approx(0.4)
-
-
-def _roundtrip(state):
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return buf
 
 
 # ------------------------------------------------------------------ packs, --val-bin
