@@ -293,9 +293,11 @@ def test_an_interrupted_feature_pass_resumes_bit_for_bit(
         run(root, ckpt, out)
     assert json.loads((out / "features.json").read_text())["done"] == 32
 
+    (out / ".features.json.4321.tmp").write_text("{")  # as a run killed while writing leaves
     calls = embed_counting(monkeypatch)
     assert run(root, ckpt, out) == 0
     assert len(calls) == 2  # only the 16 images left
+    assert not (out / ".features.json.4321.tmp").exists()
     assert "continuing after 32 of 48 images" in capsys.readouterr().err
     for name in ("features.npy", "scores.npy", "metrics.json"):
         assert (out / name).read_bytes() == (reference[0] / name).read_bytes(), name
@@ -328,6 +330,15 @@ def test_complete_features_are_reused(bench, reference, tmp_path, monkeypatch, c
     assert run(root, bare, out, *flags) == 0
     assert not calls
     assert (out / "scores.npy").read_bytes() == (reference[0] / "scores.npy").read_bytes()
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_features(bench, reference, tmp_path):
+    root, ckpt, _ = bench
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run(root, ckpt, tmp_path / "out", "--workers", 2) == 0
+    for name in ("features.npy", "scores.npy"):
+        assert (tmp_path / "out" / name).read_bytes() == (reference[0] / name).read_bytes()
 
 
 def test_roc_is_skipped_without_matplotlib(bench, reference, tmp_path, monkeypatch, capsys):
@@ -472,6 +483,14 @@ CASES = {
         r"features.npy' exists without features.json, so what made it is unknown: pass --overwrite",
     ),
 }
+CASES["damaged feature record"] = (
+    lambda r, c, t: (
+        ((t / "out").mkdir() or (t / "out" / "features.json").write_text("{")) and r,
+        c,
+        [],
+    ),
+    r"features.json' is not a record of eval-ijb features: pass --overwrite",
+)
 if not torch.cuda.is_available():
     CASES["no cuda"] = (
         lambda r, c, t: (r, c, ["--device", "cuda"]),

@@ -10,8 +10,8 @@
 (InsightFace's ``IJB_release``): ``loose_crop/`` holds the face images (IJB-C: 469,375 files,
 IJB-B: 227,630), ``meta/`` the protocol files named after ``--target`` (``ijbc_`` or ``ijbb_``):
 ``*_face_tid_mid.txt``, ``*_template_pair_label.txt`` and ``*_name_5pts_score.txt`` are required;
-the 1:N lists ``*_1N_gallery_<name>.csv`` and ``*_1N_probe_mixed.csv`` (from the NIST protocol
-folder) are scored when they are there too (:func:`~metricface.data.load_ijb_meta`).
+the 1:N lists ``*_1N_gallery_<name>.csv`` and ``*_1N_probe_mixed.csv`` of the official protocol
+(not part of every copy) are scored when they are there too (:func:`~metricface.data.load_ijb_meta`).
 
 Every image of the media file is warped onto the 5-point template with its landmarks
 (:func:`~metricface.data.align_face`), normalised as the example trainers train
@@ -77,6 +77,7 @@ FEATURES_INFO = "features.json"
 _FORMAT = "metricface.eval-ijb.features"
 _SAVE_EVERY = 8192  # images between two records of the rows done: what a killed run can lose
 _AMP = ("none", "bf16", "fp16")
+_TMP = re.compile(r"^\.[\w.]+\.\d+\.tmp$")  # _write_atomic's temporary files
 # fingerprint entry -> how a user recognises it in a refusal
 _SETTINGS = {
     "weights_sha256": "the model's weights",
@@ -613,6 +614,9 @@ def run(args: argparse.Namespace) -> int:
         "rows": n,
     }
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():  # temporary files of a run killed while writing one
+        if _TMP.match(stale.name):
+            stale.unlink(missing_ok=True)
     t0 = time.monotonic()
     if start < n:
         print(

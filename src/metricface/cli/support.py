@@ -10,11 +10,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 __all__ = ["Progress", "default_workers"]
-
-_T = TypeVar("_T")
 
 
 def default_workers(limit: int = 32) -> int:
@@ -36,7 +34,7 @@ class Progress:
 
     On a terminal, a tqdm bar (when tqdm is installed: ``metricface[progress]``); otherwise
     (a log file, a batch job, no tqdm) a line at most every ``every`` seconds, and one at the
-    end, such as ``align: 2,048/8,000 images (26%), 310 images/s, 19s left``.
+    end, such as ``align: 2,048/8,000 images (26%), 310 images/s, 0m19s left``.
 
     Parameters
     ----------
@@ -125,7 +123,7 @@ class Progress:
         elif self.done != self.shown:
             self._line()
 
-    def track(self, items: Iterable[_T]) -> Iterator[_T]:
+    def track(self, items: Iterable[Any]) -> Iterator[Any]:
         """Yield ``items``, counting one per item, and :meth:`close` at the end."""
         try:
             for item in items:
