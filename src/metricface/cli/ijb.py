@@ -238,15 +238,18 @@ def _saved_config(path: Path) -> dict[str, Any]:
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         raise CommandError(
             f"refusing to load --checkpoint {str(path)!r}: it holds objects other than tensors "
-            f"and plain values, which torch.load(weights_only=True) does not run "
-            f"({str(exc).splitlines()[0]})"
+            "and plain values"
+            + (f" (the global {found.group(1)})" if found else "")
+            + ", which torch.load(weights_only=True) does not run"
         ) from None
     except Exception as exc:  # torch raises many kinds for a damaged file
+        first = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
         raise CommandError(
             f"cannot read --checkpoint {str(path)!r}: truncated, corrupt or not written by "
-            f"torch.save ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"torch.save ({type(exc).__name__}: {first})"
         ) from None
     extra = ckpt.get("extra") if isinstance(ckpt, dict) else None
     config = extra.get("config") if isinstance(extra, dict) else None
@@ -282,7 +285,18 @@ def _load_model(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, A
         model = build_backbone(str(arch["backbone"]), **kw)
     except (TypeError, ValueError) as exc:
         raise CommandError(f"cannot build the model {arch}: {exc}") from None
-    info = load_backbone(path, model)  # a ValueError names what does not fit
+    try:
+        info = load_backbone(path, model)
+    except ValueError as exc:  # names the weights that do not fit
+        given = [
+            f for f in ("backbone", "width", "embedding_dim", "image_size") if getattr(args, f)
+        ]
+        source = "the flags " + ", ".join(given) if given else "the checkpoint's config"
+        raise CommandError(
+            f"{exc}; the model was built as {arch['backbone']} (width {arch['width']}, "
+            f"{arch['embedding_dim']}-d, {arch['image_size']}x{arch['image_size']} input) from "
+            f"{source}: pass --backbone, --width, --embedding-dim, --image-size as it was trained"
+        ) from None
     model.to(device).eval()
     size = int(arch["image_size"])
     try:
@@ -545,8 +559,8 @@ def _compute_features(
             bad = next((e for e in errors if e), None)
             if bad:
                 raise CommandError(
-                    f"{bad}; the features of the {done:,} images before it are kept: replace the "
-                    "file and run the same command again"
+                    f"{bad}; the features of the first {done:,} images are kept: replace the "
+                    "file and run the same command again to continue"
                 )
             emb, _ = inference.embed(
                 model, [batch], device=device, amp_dtype=amp, flip_tta=True, normalize=False
