@@ -22,35 +22,21 @@ import torch
 from torch import Tensor
 
 from metricface._validation import check_labels, check_scalar
-from metricface.losses.chunked import chunked_margin_cross_entropy
-from metricface.losses.margins import (
-    AdaFaceMargin,
-    ArcFaceMargin,
-    CombinedMargin,
-    CosFaceMargin,
-    Margin,
-    MarginLike,
-    NoMargin,
-    SphereFaceMargin,
-    _call_margin,
-    _check_margin,
-)
-from metricface.numerics import check_reduction, clamp_cos, compute_dtype
-
-__all__ = ["apply_margin", "margin_cross_entropy", "subcenter_max"]
 
 # the margins and the chunked kernel's function stay importable from here, where they used to
 # be defined (they are documented in their own modules)
-_REEXPORTED = (
-    AdaFaceMargin,
-    ArcFaceMargin,
-    CombinedMargin,
-    CosFaceMargin,
-    Margin,
-    NoMargin,
-    SphereFaceMargin,
-    chunked_margin_cross_entropy,
-)
+from metricface.losses.chunked import chunked_margin_cross_entropy as chunked_margin_cross_entropy
+from metricface.losses.margins import AdaFaceMargin as AdaFaceMargin
+from metricface.losses.margins import ArcFaceMargin as ArcFaceMargin
+from metricface.losses.margins import CombinedMargin as CombinedMargin
+from metricface.losses.margins import CosFaceMargin as CosFaceMargin
+from metricface.losses.margins import Margin as Margin
+from metricface.losses.margins import MarginLike, _call_margin, _check_margin
+from metricface.losses.margins import NoMargin as NoMargin
+from metricface.losses.margins import SphereFaceMargin as SphereFaceMargin
+from metricface.numerics import check_reduction, clamp_cos, compute_dtype
+
+__all__ = ["apply_margin", "margin_cross_entropy", "subcenter_max"]
 
 
 def _check_cos(cos: object, name: str = "cos") -> Tensor:
