@@ -152,14 +152,16 @@ def clamp_cos(cos: Tensor) -> Tensor:
     return cos + (cos.clamp(-1.0, 1.0) - cos).detach()
 
 
-def cast_finite(t: Tensor, dtype: torch.dtype) -> Tensor:
+def cast_finite(t: Tensor, dtype: torch.dtype, parts: int = 1) -> Tensor:
     """``t`` cast to ``dtype``, saturating at ``dtype``'s largest finite value.
 
     A float32 gradient that exceeds float16's range (about 65504), e.g. of a float16 embedding
-    of tiny norm, becomes ``+-65504`` instead of ``inf``. NaN stays NaN.
+    of tiny norm, becomes ``+-65504`` instead of ``inf``. NaN stays NaN. With ``parts > 1`` the
+    limit is that value divided by ``parts``, so that the sum of ``parts`` such tensors (e.g.
+    the ranks' contributions an all-reduce adds up) stays finite too.
     """
     if t.dtype != dtype and dtype.is_floating_point:
-        limit = torch.finfo(dtype).max
+        limit = torch.finfo(dtype).max / parts
         if limit < torch.finfo(t.dtype).max:
             t = t.clamp(-limit, limit)
     return t.to(dtype)

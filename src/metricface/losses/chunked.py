@@ -263,6 +263,7 @@ class _MarginSoftmax(torch.autograd.Function):
             losses = run_max + torch.log(run_sum) - target_logit
 
         ctx.scale, ctx.k, ctx.chunk = scale, k, chunk
+        ctx.world_size = 1 if group is None else dist.get_world_size(group)
         ctx.in_dtypes = (embeddings.dtype, weight.dtype)
         ctx.keeps_softmax, ctx.consumed = kept is not None, False
         ctx.save_for_backward(
@@ -312,9 +313,9 @@ class _MarginSoftmax(torch.autograd.Function):
                 del grad
             grad_x = None
             if grad_unit_x is not None:
-                grad_x = cast_finite(
-                    unit_rows_backward(grad_unit_x, unit_x, norm_x), ctx.in_dtypes[0]
-                )
+                # sharded: the ranks' gradients are summed (all-gather's backward) in that dtype
+                grad_x = unit_rows_backward(grad_unit_x, unit_x, norm_x)
+                grad_x = cast_finite(grad_x, ctx.in_dtypes[0], parts=ctx.world_size)
             if grad_w is not None:
                 grad_w = cast_finite(grad_w, ctx.in_dtypes[1])
         return grad_x, grad_w, None, None, None, None, None, None
