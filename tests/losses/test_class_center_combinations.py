@@ -17,6 +17,7 @@ gradients in half precision. All sharded combinations run in one spawned process
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from metricface.losses import (
     CosFaceMargin,
     MarginSoftmaxLoss,
     NoMargin,
+    PartialFCLoss,
     SphereFaceMargin,
 )
 
@@ -39,6 +41,7 @@ B, D, C = 24, 32, 40
 SIZES = (10, 14)  # the ranks' local batches
 CHUNK = 7  # 40 classes: 6 chunks, the last one partial
 RATE = 0.5
+SAVED = Path(__file__).parents[1] / "data" / "class_center_state_dicts_f0290da.pt"
 MOMENTUM = 0.5  # AdaFaceLoss: the running statistics move half way to the batch's
 
 
@@ -257,6 +260,12 @@ def _sharded_worker(rank: int, world_size: int) -> dict:
     group = dist.group.WORLD
     start = sum(SIZES[:rank])
     out: dict = {}
+    # a shard saved before the pipeline was unified (test_state_dict_compat.py) loads on its rank
+    saved = torch.load(SAVED, weights_only=True)
+    head = PartialFCLoss(7, 4)
+    head.load_state_dict(saved["partial_fc_sharded"]["states"][rank], strict=True)
+    local = slice(rank * 3, rank * 3 + 3)
+    out["saved_loss"] = head(saved["x"][local], saved["y"][local]).detach()
     for name in MARGINS:
         for k in (1, 3):
             x, _, y = _problem(k)
@@ -289,6 +298,9 @@ def _sharded_worker(rank: int, world_size: int) -> dict:
 @pytest.mark.distributed
 def test_sharded_matches_references():
     results = run_distributed(_sharded_worker, world_size=2)
+    saved_loss = torch.load(SAVED, weights_only=True)["partial_fc_sharded"]["loss"]
+    for out in results:
+        torch.testing.assert_close(out["saved_loss"], saved_loss, rtol=1e-6, atol=0)
     for name in MARGINS:
         for k in (1, 3):
             x, w, y = _problem(k)
