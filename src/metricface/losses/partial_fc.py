@@ -34,10 +34,11 @@ from typing import Any, Optional, Union
 import torch
 import torch.distributed as dist
 
-from metricface.losses.margin import MarginSoftmaxLoss, shard_range
+from metricface.losses.margin import MarginSoftmaxLoss
+from metricface.losses.margin import shard_range as shard_range  # where it used to live
 from metricface.losses.margins import ArcFaceMargin, MarginLike
 
-__all__ = ["PartialFCLoss", "shard_range"]
+__all__ = ["PartialFCLoss"]
 
 
 class PartialFCLoss(MarginSoftmaxLoss):
