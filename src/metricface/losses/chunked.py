@@ -112,16 +112,33 @@ def _first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _put_target(block: Tensor, value: Tensor, labels: Tensor, start: int) -> None:
-    """Write ``value[i]`` into ``block[i, labels[i] - start]`` where that column exists.
+def _columns(
+    labels: Tensor, start: int, width: int, local: bool
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Each row's target column in a block of classes ``[start, start + width)``, shape (B, 1),
+    and whether it lies in the block (None when every label is known to: one block, no shard).
+    """
+    if local:
+        return labels.unsqueeze(1), None
+    column = labels - start
+    inside = (column >= 0) & (column < width)
+    return column.clamp(0, width - 1).unsqueeze(1), inside
+
+
+def _take(block: Tensor, column: Tensor, inside: Optional[Tensor]) -> Tensor:
+    """``block[i, column[i]]``, 0 where the column is not in the block. Shape (B,)."""
+    value = block.gather(1, column).squeeze(1)
+    return value if inside is None else torch.where(inside, value, 0.0)
+
+
+def _put(block: Tensor, value: Tensor, column: Tensor, inside: Optional[Tensor]) -> None:
+    """Write ``value[i]`` into ``block[i, column[i]]`` where the column is in the block.
 
     A gather / where / scatter, so no host synchronisation (no ``nonzero``) on accelerators.
     """
-    column = labels - start
-    inside = (column >= 0) & (column < block.shape[1])
-    column = column.clamp(0, block.shape[1] - 1)[:, None]
-    kept = block.gather(1, column)[:, 0]
-    block.scatter_(1, column, torch.where(inside, value, kept)[:, None])
+    if inside is not None:
+        value = torch.where(inside, value, block.gather(1, column).squeeze(1))
+    block.scatter_(1, column, value.unsqueeze(1))
 
 
 def _target_cosine(unit_x: Tensor, w: Tensor, w_inv: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -218,10 +235,21 @@ class _MarginSoftmax(torch.autograd.Function):
             num_classes = w.shape[0] // k
             chunk = max(num_classes, 1) if chunk_size is None else chunk_size
 
-            # the margin on the target cosine; its derivative by autograd on (B,) values
-            cos_t = _target_cosine(unit_x, w, w_inv, labels, k)
+            factor = w_inv * scale
+            single = 0 < num_classes <= chunk  # one block, kept for the backward pass
+            local = single and group is None  # every target column is in that block
+
+            # the target cosine: from the one block, or gathered (B, k, D) ahead of the chunks
+            if single:
+                block, winner = _block(unit_x, w, factor, k)
+                column, inside = _columns(labels, 0, num_classes, local)
+                cos_t = _take(block, column, inside) / scale
+            else:
+                cos_t = _target_cosine(unit_x, w, w_inv, labels, k)
             if group is not None:  # exactly one rank holds a non-zero cosine per sample
                 dist.all_reduce(cos_t, op=dist.ReduceOp.SUM, group=group)
+
+            # the margin on it; its derivative by autograd on (B,) values
             with torch.enable_grad():
                 c = cos_t.detach().requires_grad_(True)
                 target = _call_margin(margin, clamp_cos(c), norm_x)
@@ -237,22 +265,27 @@ class _MarginSoftmax(torch.autograd.Function):
                     d_target = torch.zeros_like(cos_t)
             target_logit = target.detach().to(dtype) * scale
 
-            # cosines chunk by chunk, folded into a running maximum and sum of exponentials
-            factor = w_inv * scale
-            run_max = unit_x.new_full((unit_x.shape[0],), float("-inf"))
-            run_sum = unit_x.new_zeros(unit_x.shape[0])
-            kept = winner = None
-            for start in range(0, num_classes, chunk):
-                rows = slice(start * k, min(start + chunk, num_classes) * k)
-                block, winner = _block(unit_x, w[rows], factor[rows], k)
-                _put_target(block, target_logit, labels, start)
-                new_max = torch.maximum(run_max, block.amax(dim=1))
-                exps = block.sub_(new_max.unsqueeze(1)).exp_()
-                run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(dim=1)
-                run_max = new_max
-                if num_classes <= chunk:  # one chunk: keep exp(logit - max) for the backward
-                    kept = exps
-                del block, exps
+            # logits block by block, folded into a running maximum and sum of exponentials
+            kept = None
+            if single:  # the block becomes exp(logit - max) in place, saved for the backward
+                _put(block, target_logit, column, inside)
+                run_max = block.amax(dim=1)
+                kept = block.sub_(run_max.unsqueeze(1)).exp_()
+                run_sum = kept.sum(dim=1)
+                del block
+            else:
+                winner = None
+                run_max = unit_x.new_full((unit_x.shape[0],), float("-inf"))
+                run_sum = unit_x.new_zeros(unit_x.shape[0])
+                for start in range(0, num_classes, chunk):
+                    rows = slice(start * k, min(start + chunk, num_classes) * k)
+                    block, _ = _block(unit_x, w[rows], factor[rows], k)
+                    _put(block, target_logit, *_columns(labels, start, block.shape[1], False))
+                    new_max = torch.maximum(run_max, block.amax(dim=1))
+                    exps = block.sub_(new_max.unsqueeze(1)).exp_()
+                    run_sum = run_sum * torch.exp(run_max - new_max) + exps.sum(dim=1)
+                    run_max = new_max
+                    del block, exps
             local_max = run_max
             if group is not None:
                 run_max = local_max.clone()
@@ -262,7 +295,7 @@ class _MarginSoftmax(torch.autograd.Function):
                 dist.all_reduce(run_sum, op=dist.ReduceOp.SUM, group=group)
             losses = run_max + torch.log(run_sum) - target_logit
 
-        ctx.scale, ctx.k, ctx.chunk = scale, k, chunk
+        ctx.scale, ctx.k, ctx.chunk, ctx.local = scale, k, chunk, local
         ctx.world_size = 1 if group is None else dist.get_world_size(group)
         ctx.in_dtypes = (embeddings.dtype, weight.dtype)
         ctx.keeps_softmax, ctx.consumed = kept is not None, False
@@ -299,13 +332,18 @@ class _MarginSoftmax(torch.autograd.Function):
             factor = w_inv * scale
             for start in range(0, num_classes, chunk):
                 rows = slice(start * k, min(start + chunk, num_classes) * k)
+                width = min(chunk, num_classes - start)
+                columns = _columns(labels, start, width, ctx.local)
                 if kept is not None:  # exp(logit - local max), turned into the gradient in place
-                    grad = kept.mul_((coef * torch.exp(local_max - run_max)).unsqueeze(1))
+                    if ctx.local:  # run_max is local_max
+                        grad = kept.mul_(coef.unsqueeze(1))
+                    else:
+                        grad = kept.mul_((coef * torch.exp(local_max - run_max)).unsqueeze(1))
                 else:
                     grad, winner = _block(unit_x, w[rows], factor[rows], k)
-                    _put_target(grad, target_logit, labels, start)
+                    _put(grad, target_logit, *columns)
                     grad.sub_(run_max.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
-                _put_target(grad, g_target, labels, start)
+                _put(grad, g_target, *columns)
                 _block_backward(
                     grad, winner, unit_x, w[rows], w_inv[rows], w_norm[rows],
                     None if grad_w is None else grad_w[rows], grad_unit_x,

@@ -278,6 +278,8 @@ class MarginSoftmaxLoss(nn.Module):
     def _sample(self, labels: Tensor) -> tuple[Optional[Tensor], Tensor]:
         """Local classes to score (None = all) and each label's position among them (-1: on
         another rank)."""
+        if self.sample_rate >= 1.0 and self.world_size == 1:
+            return None, labels  # every class, all on this rank
         num_local = self.class_stop - self.class_start
         shifted = labels - self.class_start
         local = (shifted >= 0) & (shifted < num_local)
