@@ -17,12 +17,13 @@ of cosines exists at a time, so memory beyond the inputs and the centers' gradie
 ``O(B * chunk + B * D)`` for any number of classes:
 
 * **one chunk** (the dense case, ``chunk_size`` at least the number of classes): the forward
-  pass keeps exactly one ``(B, C)`` buffer, turned in place from cosines into logits into
-  ``exp(logit - max)`` and saved; the backward pass turns it into the gradient in place, so the
-  loss can be backpropagated once (a second backward raises). The normalisation of the centers
-  is a per-row factor ``1 / |w_j|`` folded into the products, so the ``(C, D)`` weight is never
-  copied;
-* **several chunks**: the forward pass keeps only the running maximum and sum of each row; the
+  pass keeps exactly one ``(B, C)`` buffer, reads the target cosines from it, and turns it in
+  place from cosines into logits into ``exp(logit - max)``, saved; the backward pass turns it
+  into the gradient in place, so the loss can be backpropagated once (a second backward
+  raises). The normalisation of the centers is a per-row factor ``1 / |w_j|`` folded into the
+  products, so the ``(C, D)`` weight is never copied;
+* **several chunks**: the target cosines are computed first from the ``(B, K, D)`` rows of the
+  targets' centers; the forward pass keeps only the running maximum and sum of each row; the
   backward pass recomputes each block from them (one more ``B x C x D`` product, the price of not
   storing the logits) and writes that block's rows of the centers' gradient in place;
 * **sub-centers** (``K > 1``): each block is formed one sub-center at a time (a strided view of
