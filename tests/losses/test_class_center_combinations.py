@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from _margin_reference import _adaface, _arc_easy, _combined, _sphere, reference_loss
 from distributed_harness import run_distributed
 
 from metricface.losses import (
@@ -51,32 +52,12 @@ def _arcface(m):
     )
 
 
-def _sphere(m):
-    def f(t, _n):
-        k = torch.floor(m * t / math.pi)
-        return (-1.0) ** k * torch.cos(m * t) - 2 * k
-
-    return f
-
-
-def _combined(m1, m2, m3):
-    t_star = (math.pi - m2) / m1
-    return lambda t, _n: torch.where(
-        t <= t_star, torch.cos(m1 * t + m2) - m3, torch.cos(t) - math.cos(t_star) - 1 - m3
-    )
-
-
-def _adaface(m, h, eps):
+def _adaface_running(t, norms):
     """AdaFaceLoss in training mode: statistics half way from (20, 100) to the batch's."""
-
-    def f(t, norms):
-        z = norms.clamp(1e-3, 100)
-        mean = (1 - MOMENTUM) * 20 + MOMENTUM * z.mean()
-        std = (1 - MOMENTUM) * 100 + MOMENTUM * z.std()
-        q = ((z - mean) / (std + eps) * h).clamp(-1, 1)
-        return torch.cos((t - m * q).clamp(eps, math.pi - eps)) - m - m * q
-
-    return f
+    z = norms.clamp(1e-3, 100)
+    mean = (1 - MOMENTUM) * 20 + MOMENTUM * z.mean()
+    std = (1 - MOMENTUM) * 100 + MOMENTUM * z.std()
+    return _adaface(0.4, 0.333, 1e-3, mean, std)(t, norms)
 
 
 # name -> (margin, scale, float64 target logit as a function of (theta, norms))
@@ -84,14 +65,10 @@ MARGINS = {
     "none": (NoMargin(), 20.0, lambda t, _n: torch.cos(t)),
     "cosface": (CosFaceMargin(0.35), 64.0, lambda t, _n: torch.cos(t) - 0.35),
     "arcface": (ArcFaceMargin(0.5), 64.0, _arcface(0.5)),
-    "arcface-easy": (
-        ArcFaceMargin(0.5, easy_margin=True),
-        64.0,
-        lambda t, _n: torch.where(torch.cos(t) > 0, torch.cos(t + 0.5), torch.cos(t)),
-    ),
+    "arcface-easy": (ArcFaceMargin(0.5, easy_margin=True), 64.0, _arc_easy(0.5)),
     "sphereface": (SphereFaceMargin(1.35), 64.0, _sphere(1.35)),
     "combined": (CombinedMargin(1.0, 0.3, 0.2), 64.0, _combined(1.0, 0.3, 0.2)),
-    "adaface": (None, 64.0, _adaface(0.4, 0.333, 1e-3)),
+    "adaface": (None, 64.0, _adaface_running),
 }
 MODES = {
     "dense": {},
@@ -126,17 +103,6 @@ def _problem(k: int):
     y = torch.randint(0, C, (B,), generator=g)
     y[:3] = torch.tensor([0, C - 1, C - 1])  # the first and the last (partial) chunk
     return x, w, y
-
-
-def reference_loss(x, w, labels, target_of_theta, scale, k):
-    """Mean margin-softmax loss from the papers' formulas with acos, float64, dense logits."""
-    cos = (x / x.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
-    cos = cos.reshape(len(x), -1, k).amax(dim=2)
-    one_hot = torch.nn.functional.one_hot(labels, cos.shape[1]).double()
-    theta = torch.acos((cos * one_hot).sum(dim=1))
-    target = target_of_theta(theta, x.norm(dim=1).detach())
-    logits = scale * (cos * (1 - one_hot) + target.unsqueeze(1) * one_hot)
-    return (torch.logsumexp(logits, dim=1) - (logits * one_hot).sum(dim=1)).mean()
 
 
 def _rows(classes: torch.Tensor, k: int) -> torch.Tensor:
