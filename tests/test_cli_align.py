@@ -14,6 +14,7 @@ from PIL import Image
 
 from metricface import cli
 from metricface.cli import align as align_tool
+from metricface.cli.support import Progress
 from metricface.data import ARCFACE_TEMPLATE, IdentityFolder
 
 HEADER = '"NAME_ID","P1X","P1Y","P2X","P2Y","P3X","P3Y","P4X","P4Y","P5X","P5Y"'
@@ -180,7 +181,7 @@ def test_ijb_landmarks_and_a_flat_folder_are_recognised(tmp_path, capsys):
 
 def test_progress_lines_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if not installed
-    progress = align_tool._Progress(total=8, enabled=True, every=0.0)
+    progress = Progress(8, "align", enabled=True, every=0.0)
     progress.update(2)
     progress.update(6)
     progress.close()

@@ -74,7 +74,7 @@ def test_unpack_resumes_and_reports_progress(tree, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["unpack-rec", str(rec), str(out)]) == 0
     captured = capsys.readouterr()
-    assert "unpack-rec: 7/7 images (100 %)" in captured.err
+    assert "unpack-rec: 7/7 images (100%)" in captured.err
     (out / "2" / "5.jpg").unlink()  # lost, and an interrupted write left a hidden temporary
     (out / "2" / ".6.jpg.partial").write_bytes(b"half")
     stamp = (out / "0" / "0.jpg").stat().st_mtime_ns

@@ -16,7 +16,9 @@ data
     Identity folders, pair lists, a built-in synthetic face set and transform presets.
 
 Modules: ``distances`` (pairwise distances), ``distributed`` (gathering across ranks),
-``search`` (chunked gallery search), ``inference`` (:func:`~metricface.inference.embed`),
+``numerics`` (normalisation, compute dtype and reductions shared by every path), ``tuples``
+(the index tuples between miners and pair/triplet losses), ``search`` (chunked gallery
+search), ``inference`` (:func:`~metricface.inference.embed`),
 ``evaluation`` (benchmark protocols: verification ``.bin`` sets, IJB-B/C),
 ``checkpoint`` (atomic, safe checkpoints), ``plots`` (needs the ``plot`` extra) and ``cli``
 (the ``python -m metricface`` tools).
@@ -43,9 +45,11 @@ _SUBMODULES = (
     "losses",
     "metrics",
     "miners",
+    "numerics",
     "plots",
     "samplers",
     "search",
+    "tuples",
 )
 
 if TYPE_CHECKING:
@@ -60,9 +64,11 @@ if TYPE_CHECKING:
         losses,
         metrics,
         miners,
+        numerics,
         plots,
         samplers,
         search,
+        tuples,
     )
 
 __all__ = [
@@ -77,9 +83,11 @@ __all__ = [
     "losses",
     "metrics",
     "miners",
+    "numerics",
     "plots",
     "samplers",
     "search",
+    "tuples",
 ]
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
+from metricface import numerics
 from metricface._validation import check_same_device
 
 __all__ = [
@@ -37,11 +37,6 @@ __all__ = [
 Distance = Literal["euclidean", "cosine"]
 #: The accepted values of every ``distance=`` argument.
 DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
-
-
-def _working(x: torch.Tensor) -> torch.Tensor:
-    """Upcast half precision to float32 (the computation dtype for distances)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _check_rows(t: object, name: str) -> None:
@@ -69,8 +64,11 @@ def _common_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Scale each row of ``x`` (shape ``(B, D)``) to unit L2 norm; all-zero rows stay zero."""
-    return F.normalize(_working(x), p=2, dim=1, eps=eps)
+    """Scale each row of ``x`` (shape ``(B, D)``) to unit L2 norm; all-zero rows stay zero.
+
+    :func:`metricface.numerics.l2_normalize` along the rows: float32 for half precision.
+    """
+    return numerics.l2_normalize(x, dim=1, eps=eps)
 
 
 def euclidean_distance_matrix(
@@ -95,11 +93,11 @@ def euclidean_distance_matrix(
     _check_inputs(x, y)
     if y is not None:
         x, y = _common_dtype(x, y)
-    xw = l2_normalize(x) if normalize else _working(x)
+    xw = l2_normalize(x) if normalize else x.to(numerics.compute_dtype(x))
     if y is None:
         yw = xw
     else:
-        yw = l2_normalize(y) if normalize else _working(y)
+        yw = l2_normalize(y) if normalize else y.to(numerics.compute_dtype(y))
     return torch.cdist(xw, yw, p=2)
 
 

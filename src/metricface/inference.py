@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metricface._optional import require
+from metricface.numerics import l2_normalize
 
 __all__ = ["embed"]
 
@@ -167,7 +167,7 @@ def embed(
                     if flip_tta:
                         out = out + _forward(model, images.flip(-1), index)
                 if normalize:
-                    out = F.normalize(out, dim=1)
+                    out = l2_normalize(out)
                 out = out.cpu()
                 if not torch.isfinite(out).all():
                     raise ValueError(

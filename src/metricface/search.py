@@ -26,7 +26,6 @@ from types import ModuleType
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from metricface._validation import (
     as_tensor,
@@ -35,23 +34,21 @@ from metricface._validation import (
     check_finite,
     check_scalar,
 )
+from metricface.numerics import compute_dtype, unit_rows
 
-__all__ = ["search"]
+__all__ = ["check_metric", "check_pair", "prepare_block", "search", "similarity_block"]
 
 Metric = Literal["cosine", "dot", "euclidean"]
 _METRICS = ("cosine", "dot", "euclidean")
 
 
-def _check_metric(metric: object) -> None:
+def check_metric(metric: object) -> None:
+    """Raise a ValueError unless ``metric`` is ``"cosine"``, ``"dot"`` or ``"euclidean"``."""
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _check_pair(
+def check_pair(
     probes: object,
     gallery: object,
     device: object = None,
@@ -75,24 +72,48 @@ def _check_pair(
     return probes, gallery, probes.device if device is None else check_device(device)
 
 
-def _prepare(x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.device):
-    """Move/cast one block and precompute what :func:`_similarity` needs for it."""
+def prepare_block(
+    x: torch.Tensor, metric: str, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move and cast one block of embeddings and precompute what :func:`similarity_block` needs.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, D)
+    metric : {"cosine", "dot", "euclidean"}
+    dtype, device
+        Where and in which dtype the scores are computed.
+
+    Returns
+    -------
+    tuple
+        ``(rows, squared_norms)``: for ``"cosine"`` the unit rows
+        (:func:`metricface.numerics.unit_rows`: no overflow for huge finite rows, all-zero rows
+        stay zero) and ``None``; for ``"euclidean"`` the rows and their squared norms
+        ``(N,)``; for ``"dot"`` the rows and ``None``.
+    """
     x = x.to(device=device, dtype=dtype)
     if metric == "cosine":
-        # scale by the largest entry first so that the norm of huge (finite) rows cannot
-        # overflow; an all-zero row stays zero
-        scale = x.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)
-        return F.normalize(x / scale, dim=1), None
+        return unit_rows(x)[0], None
     if metric == "euclidean":
         return x, x.square().sum(1)
     return x, None
 
 
-def _similarity(p, g) -> torch.Tensor:
-    """Similarity block (higher = closer) between two :func:`_prepare`-d blocks.
+def similarity_block(p, g) -> torch.Tensor:
+    """Similarity block (higher = closer) between two :func:`prepare_block`-d blocks.
 
     For ``euclidean`` this is minus the distance, so that every metric ranks by "largest".
     The product runs in the blocks' dtype even inside a caller's autocast region.
+
+    Parameters
+    ----------
+    p, g : tuple
+        Probe and gallery blocks from :func:`prepare_block`, ``P`` and ``G`` rows.
+
+    Returns
+    -------
+    torch.Tensor, shape (P, G)
     """
     (px, pn), (gx, gn) = p, g
     with torch.autocast(px.device.type, enabled=False):
@@ -144,8 +165,8 @@ def _faiss() -> ModuleType | None:
 
 
 def _search_faiss(faiss: ModuleType, probes, gallery, k: int, metric: str):
-    p = _prepare(probes, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
-    g = _prepare(gallery, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
+    p = prepare_block(probes, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
+    g = prepare_block(gallery, metric, torch.float32, torch.device("cpu"))[0].contiguous().numpy()
     index = (
         faiss.IndexFlatL2(g.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(g.shape[1])
     )
@@ -211,8 +232,8 @@ def search(
     ImportError
         ``use_faiss=True`` without faiss installed.
     """
-    probes, gallery, device = _check_pair(probes, gallery, device)
-    _check_metric(metric)
+    probes, gallery, device = check_pair(probes, gallery, device)
+    check_metric(metric)
     check_scalar(k, "k", low=1, integer=True)
     if k > gallery.shape[0]:
         raise ValueError(f"k must be at most the gallery size ({gallery.shape[0]}), got {k}")
@@ -220,7 +241,7 @@ def search(
     if use_faiss not in (True, False, "auto"):
         raise ValueError(f"use_faiss must be True, False or 'auto', got {use_faiss!r}")
     out_device = probes.device
-    dtype = _compute_dtype(probes, gallery)
+    dtype = compute_dtype(probes, gallery)
 
     if use_faiss is not False:
         faiss = _faiss()
@@ -237,16 +258,16 @@ def search(
 
     n_probes = probes.shape[0]
     p_blocks = [
-        _prepare(probes[s : s + chunk_size], metric, dtype, device)
+        prepare_block(probes[s : s + chunk_size], metric, dtype, device)
         for s in range(0, n_probes, chunk_size)
     ]
     best_vals = torch.empty(n_probes, 0, dtype=dtype, device=device)
     best_idx = torch.empty(n_probes, 0, dtype=torch.long, device=device)
     for g_start in range(0, gallery.shape[0], chunk_size):
-        g = _prepare(gallery[g_start : g_start + chunk_size], metric, dtype, device)
+        g = prepare_block(gallery[g_start : g_start + chunk_size], metric, dtype, device)
         vals_parts, idx_parts = [], []
         for p_start, p in zip(range(0, n_probes, chunk_size), p_blocks):
-            vals, idx = _top_k_stable(_similarity(p, g), k)
+            vals, idx = _top_k_stable(similarity_block(p, g), k)
             # Earlier chunks hold smaller gallery indices and come first in the concatenation,
             # so a stable sort keeps ties in increasing index order.
             vals = torch.cat([best_vals[p_start : p_start + chunk_size], vals], dim=1)

@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from _margin_reference import _adaface, _arc_easy, _combined, _sphere, reference_loss
 
 from metricface.losses import (
     AdaFaceLoss,
@@ -24,7 +25,7 @@ from metricface.losses import (
     margin_cross_entropy,
     subcenter_max,
 )
-from metricface.losses._fused_margin import fused_margin_softmax
+from metricface.losses.chunked import _margin_softmax
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 
@@ -117,52 +118,6 @@ def test_matches_pml_in_arcface_fallback_region():
 
 
 # ---------------------------------------------------------------- float64 re-derivation
-
-
-def reference_loss(emb, weight, labels, target_of_theta, scale, sub_centers=1):
-    """Margin softmax written from the papers' formulas with acos, in float64."""
-    e = emb.double()
-    w = weight.double()
-    cos = (e / e.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
-    if sub_centers > 1:
-        cos = cos.reshape(len(e), -1, sub_centers).amax(dim=2)
-    one_hot = torch.nn.functional.one_hot(labels, cos.shape[1]).double()
-    theta = torch.acos((cos * one_hot).sum(dim=1))
-    target = target_of_theta(theta, e.norm(dim=1).detach())
-    logits = scale * (cos * (1 - one_hot) + target.unsqueeze(1) * one_hot)
-    return (torch.logsumexp(logits, dim=1) - (logits * one_hot).sum(dim=1)).mean()
-
-
-def _sphere(m):
-    def f(theta, _norms):
-        k = torch.floor(m * theta / math.pi)
-        return (-1.0) ** k * torch.cos(m * theta) - 2 * k
-
-    return f
-
-
-def _combined(m1, m2, m3):
-    def f(theta, _norms):
-        t_star = (math.pi - m2) / m1
-        cont = torch.cos(theta) - math.cos(t_star) - 1 - m3
-        return torch.where(theta <= t_star, torch.cos(m1 * theta + m2) - m3, cont)
-
-    return f
-
-
-def _adaface(m, h, eps, mean, std):
-    def f(theta, norms):
-        q = ((norms.clamp(1e-3, 100) - mean) / (std + eps) * h).clamp(-1, 1)
-        return torch.cos((theta - m * q).clamp(eps, math.pi - eps)) - m - m * q
-
-    return f
-
-
-def _arc_easy(m):
-    def f(theta, _norms):
-        return torch.where(torch.cos(theta) > 0, torch.cos(theta + m), torch.cos(theta))
-
-    return f
 
 
 REF_CASES = {
@@ -258,6 +213,29 @@ def test_adaface_training_loss_and_gradients_match_float64_reference(dtype):
     e64 = emb.detach().double().requires_grad_(True)
     w64 = loss_fn.weight.detach().double().requires_grad_(True)
     ref = reference_loss(e64, w64, labels, _adaface(0.4, 0.333, 1e-3, mean, std), 64.0)
+    r_emb, r_w = _grads(ref, e64, w64)
+    tol = {"rtol": 1e-11, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(loss.double(), ref, **tol)
+    torch.testing.assert_close(g_emb.double(), r_emb, **tol)
+    torch.testing.assert_close(g_w.double(), r_w, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adaface_margin_in_margin_softmax_loss_uses_batch_statistics(dtype):
+    # an ordinary margin: MarginSoftmaxLoss passes it the norms; without running statistics
+    # (AdaFaceLoss's) it uses those of the batch
+    torch.manual_seed(26)
+    loss_fn = MarginSoftmaxLoss(C, D, margin=AdaFaceMargin(0.4, 0.333), scale=64.0).to(dtype)
+    with torch.no_grad():
+        loss_fn.weight.normal_()
+    emb, labels = _inputs(dtype, seed=27)
+    loss = loss_fn(emb, labels)
+    g_emb, g_w = _grads(loss, emb, loss_fn.weight)
+    norms = emb.detach().double().norm(dim=1).clamp(1e-3, 100)
+    e64 = emb.detach().double().requires_grad_(True)
+    w64 = loss_fn.weight.detach().double().requires_grad_(True)
+    target = _adaface(0.4, 0.333, 1e-3, norms.mean(), norms.std())
+    ref = reference_loss(e64, w64, labels, target, 64.0)
     r_emb, r_w = _grads(ref, e64, w64)
     tol = {"rtol": 1e-11, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     torch.testing.assert_close(loss.double(), ref, **tol)
@@ -366,7 +344,9 @@ def test_fused_kernel_gradient_matches_finite_differences(sub_centers):
     weights = torch.rand(5, generator=g, dtype=torch.float64)  # non-uniform upstream gradient
 
     def f(e, w_):
-        return (fused_margin_softmax(e, w_, labels, margin, 4.0, sub_centers) * weights).sum()
+        return (
+            _margin_softmax(e, w_, labels, margin, 4.0, sub_centers=sub_centers) * weights
+        ).sum()
 
     analytic = torch.autograd.grad(f(emb, w), [emb, w])
     h = 1e-6
@@ -612,10 +592,9 @@ def test_accuracy_and_logits_validate_too():
         (lambda: AdaFaceLoss(C, D, momentum=0.0), "momentum must be in"),
         (lambda: CosFaceLoss(C, D, reduction="avg"), "reduction must be"),
         (lambda: MarginSoftmaxLoss(C, D, margin=0.5), "margin must be callable"),
-        (
-            lambda: MarginSoftmaxLoss(C, D, margin=AdaFaceMargin()),
-            r"AdaFaceMargin\(\.\.\.\) also needs the embedding norms.*AdaFaceLoss",
-        ),
+        (lambda: ArcFaceLoss(C, D, chunk_size=0), "chunk_size must be in"),
+        (lambda: ArcFaceLoss(C, D, sample_rate=0.0), "sample_rate must be in"),
+        (lambda: ArcFaceLoss(C, D, chunksize=3), "unexpected keyword argument 'chunksize'"),
     ],
 )
 def test_bad_parameters(factory, match):

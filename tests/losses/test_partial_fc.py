@@ -250,6 +250,37 @@ def test_autocast_and_half_embeddings_stay_float32():
     torch.testing.assert_close(half.double(), ref.detach(), rtol=1e-3, atol=0)
 
 
+def test_float_margin_is_arcface_like_arcface_loss():
+    # the same convention as ArcFaceLoss(margin=...): a float is ArcFace's margin in radians
+    assert PartialFCLoss(10, 4, margin=0.3).margin == ArcFaceMargin(0.3)
+    assert PartialFCLoss(10, 4, 0.3).margin == ArcFaceLoss(10, 4, 0.3).margin
+    assert PartialFCLoss(10, 4).margin == ArcFaceLoss(10, 4).margin == ArcFaceMargin(0.5)
+    with pytest.raises(ValueError, match=r"in radians.*math\.radians\(28\.6\)"):
+        PartialFCLoss(10, 4, margin=28.6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_adaface_margin_uses_the_batch_norm_statistics(chunk_size, rate):
+    # AdaFace is an ordinary margin here too: with the statistics of the batch's norms
+    margin = AdaFaceMargin(0.4, 0.333)
+    loss_fn = _module(c=12, d=5, margin=margin, chunk_size=chunk_size, sample_rate=rate)
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    x = (x * torch.linspace(1.0, 30.0, 9, dtype=torch.float64)[:, None]).requires_grad_(True)
+    y = torch.randint(0, 12, (9,), generator=g)
+    loss = loss_fn(x, y)
+    loss.backward()
+    index = loss_fn.last_sampled
+    w, labels = loss_fn.weight, y
+    if index is not None:
+        w, labels = w[index], torch.searchsorted(index, y)
+    norms = x.detach().norm(dim=1)
+    ref_loss, ref_gx, _ = _reference_grads_with(x, w, labels, lambda c: margin(c, norms), SCALE)
+    torch.testing.assert_close(loss.detach(), ref_loss)
+    torch.testing.assert_close(x.grad, ref_gx)
+
+
 def test_rejects_bad_input():
     loss_fn = PartialFCLoss(10, 4, margin=arcface_safe)
     x = torch.randn(3, 4)
@@ -272,9 +303,9 @@ def test_rejects_bad_input():
     with pytest.raises(TypeError, match="num_classes must be an int"):
         PartialFCLoss(10.0, 4, margin=arcface_safe)
     with pytest.raises(TypeError, match="margin must be callable"):
-        PartialFCLoss(10, 4, margin=0.5)
-    with pytest.raises(TypeError, match="needs the embedding norms"):
-        PartialFCLoss(10, 4, margin=AdaFaceMargin())
+        PartialFCLoss(10, 4, margin="arcface")
+    with pytest.raises(TypeError, match="margin must be a real number, got bool"):
+        PartialFCLoss(10, 4, margin=True)
     with pytest.raises(ValueError, match=r"same device as the class centers \(weight\) \(cpu\)"):
         PartialFCLoss(10, 4)(torch.zeros(3, 4, device="meta"), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="chunk_size must be in"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from metricface.distances import pairwise_matrix
 from metricface.miners import DistanceWeightedMiner, SemiHardMiner
-from metricface.miners._tuples import label_masks
+from metricface.tuples import label_masks
 
 
 def _dist(x):

@@ -16,7 +16,7 @@ from metricface.miners import (
     SemiHardMiner,
     TripletMarginMiner,
 )
-from metricface.miners._tuples import check_indices_tuple, pairs_to_triplets, to_pairs
+from metricface.tuples import check_indices_tuple, pairs_to_triplets, to_pairs
 
 lmu = pytest.importorskip("pytorch_metric_learning.utils.loss_and_miner_utils")
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metricface._validation import check_scalar
+from metricface.numerics import l2_normalize
 
 __all__ = ["EmbeddingHead", "EmbeddingModel", "L2Norm", "normalize"]
 
@@ -41,8 +42,7 @@ def normalize(x: torch.Tensor, dim: int = 1, eps: float = 1e-12) -> torch.Tensor
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating-point torch.Tensor, got {got}")
-    wide = x if x.dtype == torch.float64 else x.float()
-    return F.normalize(wide, p=2.0, dim=dim, eps=eps).to(x.dtype)
+    return l2_normalize(x, dim=dim, eps=eps).to(x.dtype)
 
 
 class L2Norm(nn.Module):

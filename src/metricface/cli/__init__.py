@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "pack-rec": "metricface.cli.records",
     "unpack-rec": "metricface.cli.records",
     "align": "metricface.cli.align",
+    "eval-ijb": "metricface.cli.ijb",
 }
 
 
@@ -35,7 +36,12 @@ class CommandError(Exception):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each option's default, except where there is none (``None``, off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

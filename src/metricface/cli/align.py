@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from metricface.cli import CommandError
+from metricface.cli.support import Progress, default_workers
 
 HELP = {
     "align": "write 5-point aligned face crops of a dataset, given its landmark file "
@@ -50,14 +51,6 @@ FAILED_FILE = "failed_images.txt"
 _CHUNK = 32  # images per task: small, so that Ctrl-C returns within a fraction of a second
 _TMP = re.compile(r"^\..+\.jpg\.\d+\.tmp$")
 _UNDECODABLE = "cannot decode"
-
-
-def _default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 32))
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -81,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality, 1-100")
     parser.add_argument(
-        "--workers", type=int, default=_default_workers(), help="worker processes (1: none)"
+        "--workers", type=int, default=default_workers(), help="worker processes (1: none)"
     )
     parser.add_argument(
         "--format",
@@ -134,48 +127,6 @@ def _align_file(src: str, dst: str, points: Any, size: int, quality: int) -> str
 
 def _align_chunk(chunk: Sequence[tuple[str, str, Any]], size: int, quality: int) -> list:
     return [(src, _align_file(src, dst, points, size, quality)) for src, dst, points in chunk]
-
-
-# ---------------------------------------------------------------------------- progress
-class _Progress:
-    """A tqdm bar when tqdm is installed, else a line every few seconds on stderr.
-
-    The bar is made at the first update, once the worker processes exist (tqdm starts a thread,
-    and a process should not fork while it has threads).
-    """
-
-    def __init__(self, total: int, enabled: bool, every: float = 10.0) -> None:
-        self.total, self.done, self.every = total, 0, every
-        self.start = self.last = time.monotonic()
-        self.enabled = enabled and total > 0
-        self.bar: Any = None
-
-    def update(self, n: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None and self.done == 0:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=self.total, unit="img", desc="align", dynamic_ncols=True)
-            except ImportError:
-                self.bar = False
-        self.done += n
-        if self.bar:
-            self.bar.update(n)
-        elif time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            rate = self.done / max(self.last - self.start, 1e-9)
-            print(
-                f"align: {self.done:,}/{self.total:,} images "
-                f"({100 * self.done / self.total:.0f}%), {rate:.0f} images/s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.close()
 
 
 # ---------------------------------------------------------------------------- planning
@@ -300,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
             ]
 
     written, failed = 0, []
-    progress = _Progress(len(todo), enabled=not args.no_progress)
+    progress = Progress(len(todo), "align", enabled=not args.no_progress)
 
     def record(results: list) -> None:
         nonlocal written

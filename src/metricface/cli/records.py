@@ -27,16 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+
+from metricface.cli.support import Progress
 
 HELP = {
     "pack-rec": "write an identity-folder tree as an InsightFace RecordIO pack (no re-encoding)",
     "unpack-rec": "write an InsightFace RecordIO pack as an identity-folder tree (resumable)",
 }
-
-_T = TypeVar("_T")
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -75,26 +74,6 @@ def _image_extension(data: bytes) -> str | None:
     return None
 
 
-def _progress(items: Iterable[_T], total: int, desc: str, quiet: bool) -> Iterator[_T]:
-    """A tqdm bar on a terminal; otherwise a line at every 10 %."""
-    if quiet:
-        yield from items
-        return
-    if sys.stderr.isatty():
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            pass
-        else:
-            yield from tqdm(items, total=total, desc=desc, unit="img")
-            return
-    step = max(total // 10, 1)
-    for n, item in enumerate(items, 1):
-        yield item
-        if n % step == 0 or n == total:
-            print(f"{desc}: {n}/{total} images ({100 * n // max(total, 1)} %)", file=sys.stderr)
-
-
 def _rec_path(pack: str, *, create: bool) -> Path:
     path = Path(pack)
     if path.suffix == ".rec":
@@ -128,7 +107,7 @@ def _pack(args: argparse.Namespace) -> int:
     rec.parent.mkdir(parents=True, exist_ok=True)
     count = write_record_pack(
         rec,
-        _progress(items(), len(tree), "pack-rec", args.quiet),
+        Progress(len(tree), "pack-rec", enabled=not args.quiet).track(items()),
         header=not args.no_header,
         num_classes=tree.num_classes,
     )
@@ -156,7 +135,8 @@ def _unpack(args: argparse.Namespace) -> int:
     made: set[str] = set(folders)
     written, skipped, unknown = 0, 0, []
     try:
-        for i in _progress(range(len(faces)), len(faces), "unpack-rec", args.quiet):
+        progress = Progress(len(faces), "unpack-rec", enabled=not args.quiet)
+        for i in progress.track(range(len(faces))):
             name = faces.identity_name(faces.labels[i])
             stem = f"{int(faces.keys[i]):0{width}d}"
             if (name, stem) in done:

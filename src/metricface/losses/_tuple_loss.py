@@ -28,7 +28,7 @@ from metricface._validation import (
     check_reference_set,
 )
 from metricface.distances import check_distance, pairwise_matrix
-from metricface.miners._tuples import check_indices_tuple, label_masks
+from metricface.tuples import check_indices_tuple, label_masks
 
 __all__ = ["TupleLoss", "mean_nonzero", "zero_with_graph"]
 

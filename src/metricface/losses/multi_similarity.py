@@ -14,7 +14,7 @@ import torch
 
 from metricface._validation import check_scalar
 from metricface.losses._tuple_loss import TupleLoss
-from metricface.miners._tuples import to_pairs
+from metricface.tuples import to_pairs
 
 __all__ = ["MultiSimilarityLoss"]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from metricface._validation import check_embeddings, check_same_device, check_scalar
 from metricface.distances import l2_normalize
 from metricface.losses._tuple_loss import TupleLoss, mean_nonzero, zero_with_graph
-from metricface.miners._tuples import to_pairs
+from metricface.tuples import to_pairs
 
 __all__ = ["ContrastiveLoss"]
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from metricface._validation import check_scalar
 from metricface.distances import pairwise_matrix
 from metricface.losses._tuple_loss import TupleLoss
-from metricface.miners._tuples import to_triplets
+from metricface.tuples import to_triplets
 
 __all__ = ["TripletMarginLoss"]
 

@@ -24,6 +24,7 @@ from metricface._validation import (
     check_finite,
     check_scalar,
 )
+from metricface.numerics import l2_normalize
 
 __all__ = [
     "KMeansResult",
@@ -359,7 +360,7 @@ def kmeans_cluster_accuracy(
         n_clusters = int(np.unique(y).size)
     if normalize:
         check_finite(x, "embeddings")
-        x = torch.nn.functional.normalize(x.float() if x.dtype != torch.float64 else x, dim=1)
+        x = l2_normalize(x)
     result = kmeans(x, n_clusters, seed=seed, n_init=n_init, max_iter=max_iter, device=device)
     pred = result.labels.cpu().numpy()
     return KMeansScores(cluster_accuracy(y, pred), normalized_mutual_info(y, pred), pred)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metricface._validation import (
     check_device,
@@ -50,6 +49,7 @@ from metricface.metrics.verification import (
     eer_segment,
     tar_from_points,
 )
+from metricface.numerics import compute_dtype, l2_normalize
 
 __all__ = ["ScoreHistogram", "all_pairs_histogram"]
 
@@ -283,12 +283,10 @@ def all_pairs_histogram(
     if block_size is None:
         block_size = 1024 if dev.type == "cpu" else 8192
     check_scalar(block_size, "block_size", low=1, integer=True)
-    dtype = (
-        embeddings.dtype if embeddings.dtype in (torch.float32, torch.float64) else torch.float32
-    )
+    dtype = compute_dtype(embeddings)
     x = embeddings.detach().to(device=dev, dtype=dtype)
     if normalize:
-        x = F.normalize(x, dim=1)
+        x = l2_normalize(x)
     y = labels.to(dev)
     lo, hi = hist.range
     scale = hist.bins / (hi - lo)

@@ -40,14 +40,12 @@ import numpy as np
 import torch
 
 from metricface._validation import as_tensor, check_finite, check_labels, check_scalar
-from metricface.search import (
-    Metric,
-    _check_metric,
-    _check_pair,
-    _compute_dtype,
-    _prepare,
-    _similarity,
-)
+from metricface.numerics import compute_dtype as _compute_dtype
+from metricface.search import Metric
+from metricface.search import check_metric as _check_metric
+from metricface.search import check_pair as _check_pair
+from metricface.search import prepare_block as _prepare
+from metricface.search import similarity_block as _similarity
 
 __all__ = [
     "OpenSetResult",

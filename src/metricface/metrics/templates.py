@@ -55,6 +55,7 @@ from metricface.metrics._checks import check_far_targets, to_numpy
 from metricface.metrics.identification import OpenSetResult, cmc_curve, open_set_identification
 from metricface.metrics.report import VerificationReport, verification_report
 from metricface.metrics.verification import OperatingPoints, _without_collinear
+from metricface.numerics import unit_rows
 
 __all__ = [
     "IJB_FAR_TARGETS",
@@ -224,8 +225,7 @@ def _normalized(feats: torch.Tensor, ids: np.ndarray, what: str) -> torch.Tensor
             f"{what} {ids[np.flatnonzero(zero)[0]]} has an all-zero feature (are all its "
             "weights 0?), so it has no direction to compare"
         )
-    feats = feats / peak[:, None]
-    return feats / torch.linalg.vector_norm(feats, dim=1, keepdim=True)
+    return unit_rows(feats)[0]
 
 
 def template_features(

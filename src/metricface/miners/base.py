@@ -26,7 +26,7 @@ from metricface._validation import (
     check_scalar,
 )
 from metricface.distances import check_distance, pairwise_matrix
-from metricface.miners._tuples import empty_tuple, label_masks
+from metricface.tuples import empty_tuple, label_masks
 
 __all__ = ["BaseMiner"]
 
