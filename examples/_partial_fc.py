@@ -1,7 +1,9 @@
 """Class centers sharded over the ranks (Partial FC) in the examples' one-file checkpoints.
 
-Under torchrun a :class:`~metricface.losses.PartialFCLoss` holds on each rank only its shard
-of the class centers, and the optimizer only that shard's state (momentum, Adam moments). The
+Under torchrun a class-center loss given a process group (Partial FC,
+:class:`~metricface.losses.MarginSoftmaxLoss` and its presets) holds on each rank only its
+shard of the class centers, and the optimizer only that shard's state (momentum, Adam
+moments). The
 example still writes one ``checkpoint.pt``, from rank 0, laid out as one process training on
 all classes would write it: :func:`full_states` gathers every shard of the centers and of
 their optimizer state into rank 0's state dicts (a collective: every rank calls it; one shard
@@ -9,9 +11,10 @@ at a time travels, into CPU memory), and :func:`load_states` gives each rank its
 back. So a run resumes exactly on the same number of ranks (each rank's random state is saved
 beside it), and the checkpoint loads into a run on any number of ranks or into one process.
 
-``class_start``/``class_stop``/``world_size``/``rank``/``process_group`` of the loss describe
-its shard (:func:`metricface.losses.shard_range`); a loss without them, or on one rank, is
-not sharded and its states pass through unchanged.
+``class_start``/``class_stop``/``sub_centers``/``world_size``/``rank``/``process_group`` of
+the loss describe its shard (:func:`metricface.losses.shard_range`; ``sub_centers`` rows per
+class); a loss without them, or on one rank, is not sharded and its states pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -55,16 +58,24 @@ def sharded_loss(objective: nn.Module) -> nn.Module | None:
     return None
 
 
+def _rows(loss: nn.Module, rank: int) -> slice:
+    """The rows of the full ``weight`` that rank ``rank`` holds."""
+    k = getattr(loss, "sub_centers", 1)
+    start, stop = shard_range(loss.num_classes, loss.world_size, rank)
+    return slice(start * k, stop * k)
+
+
 def _gather_rows(local: torch.Tensor, loss: nn.Module) -> torch.Tensor | None:
     """Every rank's rows of a shard-shaped tensor, in class order, on rank 0 (CPU)."""
     full = None
     if loss.rank == 0:
-        full = torch.empty((loss.num_classes, *local.shape[1:]), dtype=local.dtype)
+        rows = loss.num_classes * getattr(loss, "sub_centers", 1)
+        full = torch.empty((rows, *local.shape[1:]), dtype=local.dtype)
     for src in range(loss.world_size):
-        start, stop = shard_range(loss.num_classes, loss.world_size, src)
-        if stop == start:
+        rows = _rows(loss, src)
+        if rows.stop == rows.start:
             continue
-        shape = (stop - start, *local.shape[1:])
+        shape = (rows.stop - rows.start, *local.shape[1:])
         buf = (
             local.detach().contiguous()
             if src == loss.rank
@@ -73,7 +84,7 @@ def _gather_rows(local: torch.Tensor, loss: nn.Module) -> torch.Tensor | None:
         group = loss.process_group
         dist.broadcast(buf, src=dist.get_global_rank(group, src), group=group)
         if full is not None:
-            full[start:stop].copy_(buf)
+            full[rows].copy_(buf)
     return full
 
 
@@ -125,8 +136,8 @@ def load_states(
     model, optim = ckpt["model"], ckpt["optimizer"]
     loss = sharded_loss(objective)
     if loss is not None:
-        rows = slice(loss.class_start, loss.class_stop)
-        full_shape = (loss.num_classes, loss.weight.shape[1])
+        rows = _rows(loss, loss.rank)
+        full_shape = (loss.num_classes * getattr(loss, "sub_centers", 1), loss.weight.shape[1])
         model = {**model, "loss.weight": model["loss.weight"][rows]}
         i = _index(params, loss.weight)
         state = {

@@ -65,14 +65,6 @@ CLASS_LOSSES = {
     "normsoftmax": losses.NormSoftmaxLoss,
 }
 SCALES = {"adaface": 64.0}  # default logit scale where it is not 32
-#: Margins of the losses that train with Partial FC (--sample-rate); their defaults are the
-#: losses' own.
-PARTIAL_FC_MARGINS = {
-    "arcface": losses.ArcFaceMargin,
-    "cosface": losses.CosFaceMargin,
-    "sphereface": losses.SphereFaceMargin,
-    "normsoftmax": losses.NoMargin,
-}
 PAIR_LOSSES = ("contrastive", "triplet")
 MINERS = {
     "batchhard": miners.BatchHardMiner,
@@ -129,17 +121,9 @@ RULES: dict[str, cli.Rule] = {
     ),
     "scale": ("loss", lambda v: v in CLASS_LOSSES, "margin-softmax losses (a logit scale)"),
     "margin": ("loss", lambda v: v != "normsoftmax", "losses with a margin"),
-    "sample_rate": (
-        "loss",
-        lambda v: v in PARTIAL_FC_MARGINS,
-        f"the losses Partial FC trains ({', '.join(PARTIAL_FC_MARGINS)})",
-    ),
-    "chunk_size": ("sample_rate", lambda v: v is not None, "Partial FC (--sample-rate)"),
-    "recipe": (
-        "loss",
-        lambda v: v in PARTIAL_FC_MARGINS,
-        "the margin-softmax losses Partial FC trains",
-    ),
+    "sample_rate": ("loss", lambda v: v in CLASS_LOSSES, "margin-softmax losses (Partial FC)"),
+    "chunk_size": ("loss", lambda v: v in CLASS_LOSSES, "margin-softmax losses (class blocks)"),
+    "recipe": ("loss", lambda v: v in CLASS_LOSSES, "margin-softmax losses (Partial FC)"),
 }
 
 #: Files a run writes into its folder (what --overwrite replaces).
@@ -191,7 +175,8 @@ def build_parser() -> cli.Parser:
         "--chunk-size",
         type=cli.POSITIVE_INT,
         metavar="N",
-        help="Partial FC: score the classes in blocks of N (less memory; default: one block)",
+        help="score the class centers in blocks of N with an online softmax: memory for the "
+        "logits of N classes instead of all (default: one block)",
     )
     g = cli.group(p, "optimisation")
     g.add_argument(
@@ -260,26 +245,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_loss(args, num_classes: int, distributed: bool) -> tuple[nn.Module, nn.Module | None]:
     """The loss and the miner (``None`` for class-center losses) of ``args``.
 
-    With ``--sample-rate`` a :class:`~metricface.losses.PartialFCLoss` with the loss's margin;
-    built after the process group is joined, it shards its class centers over the ranks.
+    With ``--sample-rate`` the class-center loss trains with Partial FC: it scores the batch's
+    classes plus random others, and under torchrun (built after the process group is joined)
+    shards its class centers over the ranks.
     """
-    scale = args.scale if args.scale is not None else SCALES.get(args.loss, 32.0)
-    if args.sample_rate is not None:
-        kw = {} if args.margin is None else {"margin": args.margin}
-        margin = PARTIAL_FC_MARGINS[args.loss](**kw)
-        loss = losses.PartialFCLoss(
-            num_classes,
-            args.embedding_dim,
-            margin,
-            scale=scale,
-            sample_rate=args.sample_rate,
-            chunk_size=args.chunk_size,
-        )
-        return loss, None
     if args.loss in CLASS_LOSSES:
-        kw = {"scale": scale}
+        kw: dict = {"scale": args.scale if args.scale is not None else SCALES.get(args.loss, 32.0)}
         if args.margin is not None:
             kw["margin"] = args.margin
+        if args.chunk_size is not None:
+            kw["chunk_size"] = args.chunk_size
+        if args.sample_rate is not None:
+            kw["sample_rate"] = args.sample_rate
+            kw["process_group"] = dist.group.WORLD if distributed else None
         return CLASS_LOSSES[args.loss](num_classes, args.embedding_dim, **kw), None
     base = (
         losses.ContrastiveLoss(neg_margin=args.margin)

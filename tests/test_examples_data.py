@@ -71,9 +71,11 @@ def test_each_recipe_builds_the_model_loss_optimizer_and_schedule_it_publishes(n
     ).shape == (2, 512)
     # the loss: Partial FC at the published rate, scale 64, their combined margin
     loss, miner = ex.build_loss(args, 1000, False)
-    assert miner is None and isinstance(loss, ex.losses.PartialFCLoss)
+    preset = {"arcface": ex.losses.ArcFaceLoss, "cosface": ex.losses.CosFaceLoss}[r.loss[0]]
+    assert miner is None and type(loss) is preset
     assert (loss.num_classes, loss.embedding_dim, loss.scale) == (1000, 512, 64.0)
     assert loss.sample_rate == r.sample_rate and loss.chunk_size is None
+    assert loss.sub_centers == 1 and loss.world_size == 1  # one process: no shards
     cos = np.linspace(-1, 1, 2001)
     ours = loss.margin(torch.tensor(cos, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(ours, _arcface_torch_margin(cos, *r.margins), atol=1e-12)
@@ -161,6 +163,36 @@ def test_data_names_a_pack_by_its_rec_file_or_its_folder(tmp_path):
     assert C.pack_path(str(folder.parent)) is None
 
 
+def test_an_undecodable_record_is_named_with_the_way_out():
+    from metricface.data import ImageDecodeError
+
+    cli = _example("_cli")
+    err = ImageDecodeError(  # as a DataLoader worker re-raises it: the traceback's last line
+        "Caught ImageDecodeError in DataLoader worker process 0.\nTraceback ...\n"
+        "metricface.data.folder.ImageDecodeError: cannot decode the image of record key 7 at "
+        "offset 96 of 'p/train.rec': image file is truncated"
+    )
+    line = cli._one_line(err)
+    assert line.startswith("cannot decode the image of record key 7 at offset 96")
+    assert line.endswith(
+        "; pass --on-bad-image skip to use another image of the same identity instead"
+    )
+
+
+def test_a_resumed_log_keeps_its_rows_under_other_columns(tmp_path):
+    """A resume with other --val-bin sets: kept rows fill the columns they have."""
+    path = tmp_path / "log.csv"
+    log = C.CsvLog(path, ["epoch", "loss", "lfw/accuracy", "seconds"])
+    for epoch in (1, 2):
+        log.write({"epoch": epoch, "loss": 3.0 - epoch, "lfw/accuracy": 0.5, "seconds": 1.0})
+    log = C.CsvLog(path, ["epoch", "loss", "seconds", "agedb_30/accuracy"], keep=1)
+    log.write({"epoch": 2, "loss": 0.5, "seconds": 2.0, "agedb_30/accuracy": 0.75})
+    assert _log_rows(path) == [
+        {"epoch": "1", "loss": "2.0", "seconds": "1.0", "agedb_30/accuracy": ""},
+        {"epoch": "2", "loss": "0.5", "seconds": "2.0", "agedb_30/accuracy": "0.75"},
+    ]
+
+
 def _train(argv):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -240,12 +272,13 @@ def test_a_recipe_trains_at_tiny_size(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_run_from_a_pack_with_sharded_partial_fc_resumed_equals_uninterrupted(tmp_path):
-    """Two gloo ranks on a pack, class centers sharded (Partial FC): each rank's RNG state
-    and its shard of the centers and their momentum come back from the one checkpoint."""
+    """Two gloo ranks on a pack, class centers sharded (Partial FC, 3 sub-centers per class):
+    each rank's RNG state and its shard of the centers and their momentum come back from the
+    one checkpoint."""
     rec = _tiny_pack(tmp_path / "pack")
     (bin_path,) = _tiny_bins(tmp_path / "bins", names=("lfw",))
     common = ("--tiny", "--device", "cpu", "--no-plots", "--no-progress", "--data", str(rec))
-    common += ("--batch-size", "8", "--sample-rate", "0.5", "--loss", "arcface")
+    common += ("--batch-size", "8", "--sample-rate", "0.5", "--loss", "subcenter")
     full = tmp_path / "full"
     stdout = _run(
         "train_vggface2.py", *common, "--output", str(full), "--val-bin", bin_path, nproc=2
@@ -258,10 +291,10 @@ def test_ddp_run_from_a_pack_with_sharded_partial_fc_resumed_equals_uninterrupte
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert len(b["extra"]["rng_per_rank"]) == 2
-    assert a["model"]["loss.weight"].shape == (4, 32)  # all 4 training identities, one file
+    assert a["model"]["loss.weight"].shape == (4 * 3, 32)  # all 4 training identities
     _same_weights(full, tmp_path / "part")
     # the one-file checkpoint loads into one process: the centers of both ranks, in order
-    args = ex.parse_args(["--tiny", "--sample-rate", "0.5", "--loss", "arcface"])
+    args = ex.parse_args(["--tiny", "--sample-rate", "0.5", "--loss", "subcenter"])
     objective = ex.Objective(C.build_model(args), ex.build_loss(args, 4, False)[0], None)
     params = [q for q in objective.parameters() if q.requires_grad]
     opt = ex.build_optimizer(params, args)
