@@ -68,12 +68,12 @@ def apply_margin(
         Target column of each row (any integer dtype, any device); a negative label means the
         row's target is not among these ``C`` columns (a block of a larger classifier) and the
         row is only scaled. Not range-checked here; :func:`margin_cross_entropy` checks.
-    margin : Margin or callable
-        ``(B,) -> (B,)`` target-cosine map, e.g. :class:`ArcFaceMargin`.
+    margin : metricface.losses.margins.Margin or callable
+        ``(B,) -> (B,)`` target-cosine map, e.g. :class:`~metricface.losses.margins.ArcFaceMargin`.
     scale : float
         Logit scale :math:`s`.
     norms : Tensor, shape (B,), optional
-        L2 norms of the embeddings, for margins that read them (:class:`AdaFaceMargin`).
+        L2 norms of the embeddings, for margins that read them (:class:`~metricface.losses.margins.AdaFaceMargin`).
 
     Returns
     -------
@@ -110,15 +110,15 @@ def margin_cross_entropy(
         Cosine similarities between embeddings and class centers.
     labels : Tensor, shape (B,)
         Integer class of each row, in ``[0, C)`` (any integer dtype, any device).
-    margin : Margin or callable
-        ``(B,) -> (B,)`` target-cosine map (see :class:`Margin`).
+    margin : metricface.losses.margins.Margin or callable
+        ``(B,) -> (B,)`` target-cosine map (see :class:`~metricface.losses.margins.Margin`).
     scale : float
         Logit scale :math:`s > 0`.
     reduction : {"mean", "sum", "none"}
         As in :func:`torch.nn.functional.cross_entropy`.
     norms : Tensor, shape (B,), optional
         L2 norms of the embeddings behind ``cos``, for margins that read them
-        (:class:`AdaFaceMargin`, which raises a TypeError without them).
+        (:class:`~metricface.losses.margins.AdaFaceMargin`, which raises a TypeError without them).
 
     Returns
     -------

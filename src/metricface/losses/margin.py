@@ -164,8 +164,8 @@ class MarginSoftmaxLoss(nn.Module):
 
     Attributes
     ----------
-    weight : torch.nn.Parameter, shape ((class_stop - class_start) * sub_centers, embedding_dim)
-        Class centers, rows ``c*K .. c*K+K-1`` for (local) class ``c``; all
+    weight : torch.nn.Parameter
+        Shape ``((class_stop - class_start) * sub_centers, embedding_dim)``: class centers, rows ``c*K .. c*K+K-1`` for (local) class ``c``; all
         ``num_classes * sub_centers`` rows without sharding.
     class_start, class_stop : int
         The classes ``[class_start, class_stop)`` this rank holds (all without sharding).

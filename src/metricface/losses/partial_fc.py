@@ -12,7 +12,7 @@ never held in memory at once.
 
 **Class-center sampling** (``sample_rate < 1``): each step scores the batch against every
 *positive* class plus random negatives, ``int(sample_rate * C_shard)`` classes per shard.
-:attr:`~metricface.losses.MarginSoftmaxLoss.last_sampled` holds the classes used by the latest
+``last_sampled`` holds the classes used by the latest
 call.
 
 **Model parallelism**: rank ``r`` of ``W`` holds the contiguous classes
