@@ -3,9 +3,9 @@ r"""The examples' command line: flags with their defaults in ``--help``, checked
 Every flag is checked when the command line is parsed: types and ranges (argparse types that
 say what was expected), and flags that do not apply to this run, refused by :data:`Rule`\ s
 instead of being silently ignored (a rule refuses a flag only when it is given explicitly, so
-``--tiny``'s defaults never trip one). Later checks (the ``--output`` folder, the checkpoint to
-resume, the ``--data`` folder's identities) raise :class:`UsageError` too, all before any data
-is built or any file is written. :func:`run` turns a :class:`UsageError` into one line,
+the defaults of ``--tiny`` and of a ``--recipe`` never trip one). Later checks (the ``--output``
+folder, the checkpoint to resume, the ``--data`` folder's or pack's identities) raise
+:class:`UsageError` too, all before any data is built or any file is written. :func:`run` turns a :class:`UsageError` into one line,
 ``<script>: error: <what was wrong>``, and exit status 2 (``METRICFACE_DEBUG=1`` shows the
 traceback).
 
@@ -37,7 +37,8 @@ class Interrupted(Exception):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each flag's default, except where there is none (``None``, off switches)."""
+    """Shows each flag's default, except where there is none (``None``, off switches, an
+    empty list)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -47,6 +48,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             and default is not None
             and default is not argparse.SUPPRESS
             and default is not False
+            and default != []
             and action.option_strings
         ):
             text += " (default: %(default)s)"
@@ -119,8 +121,10 @@ def add_common_args(
     if folder_data:
         g.add_argument(
             "--data",
-            metavar="DIR",
-            help="root of an identity-per-folder dataset (default: the built-in synthetic faces)",
+            metavar="PATH",
+            help="an identity-per-folder dataset root, or an InsightFace pack: a .rec file "
+            "beside its .idx, or a folder holding train.rec (default: the built-in synthetic "
+            "faces)",
         )
     g.add_argument(
         "--identities", type=AT_LEAST_TWO, default=300, help="synthetic training identities"
@@ -154,7 +158,7 @@ def add_common_args(
             "--on-bad-image",
             choices=("raise", "skip"),
             default="raise",
-            help="an undecodable file in --data: stop naming it, or warn and use another image "
+            help="an undecodable image in --data: stop naming it, or warn and use another image "
             "of the same identity",
         )
     g.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader processes")
@@ -273,7 +277,7 @@ Rule = tuple[str, Callable[[Any], bool], str]
 
 #: Rules every example with --data shares.
 DATA_RULES: dict[str, Rule] = {
-    "on_bad_image": ("data", lambda v: v is not None, "--data folders"),
+    "on_bad_image": ("data", lambda v: v is not None, "--data (a folder or a pack)"),
     "identities": ("data", lambda v: v is None, "the built-in synthetic faces"),
     "images_per_identity": ("data", lambda v: v is None, "the built-in synthetic faces"),
 }
@@ -283,17 +287,24 @@ def parse_args(
     p: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     rules: Mapping[str, Rule] = DATA_RULES,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
     **tiny: Any,
 ) -> argparse.Namespace:
     """Parse and check ``argv``: types and ranges, flags that do not apply, flag combinations.
 
-    With ``--tiny``, :data:`TINY` (and ``tiny``) replace the defaults of the flags not given.
+    ``--recipe NAME`` replaces the defaults of the flags not given with ``presets[NAME]``;
+    then ``--tiny`` replaces them with :data:`TINY` (and ``tiny``), so that ``--recipe NAME
+    --tiny`` is the recipe at a smoke-test size. Flags given explicitly always win.
     A flag given explicitly where its rule in ``rules`` says it does not apply is refused.
     The image size is resolved (the saved config records the real one).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     given = given_flags(p, argv)
+    if presets and getattr(args, "recipe", None):
+        for k, v in presets[args.recipe].items():
+            if k not in given:
+                setattr(args, k, v)
     if args.tiny:
         for k, v in {**TINY, **tiny}.items():
             if k not in given:
@@ -356,8 +367,9 @@ def _one_line(err: Exception) -> str:
     text = str(err).strip()
     if isinstance(err, ImageDecodeError):  # from a DataLoader worker: its traceback's last line
         text = text.splitlines()[-1].split("ImageDecodeError: ", 1)[-1]
-        text += (
-            "; pass --on-bad-image skip to use another image of the same identity instead, or "
-            "list every such file first with metricface.data.IdentityFolder(root).verify()"
-        )
+        text += "; pass --on-bad-image skip to use another image of the same identity instead"
+        if " of record key " not in text:  # a folder's file, not a pack's record
+            text += (
+                ", or list every such file first with metricface.data.IdentityFolder(root).verify()"
+            )
     return " ".join(text.split("\n"))

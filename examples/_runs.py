@@ -194,8 +194,11 @@ def read_resume(args: argparse.Namespace, folder: RunFolder) -> Resume | None:
 
 
 #: Settings a resumed run must share with its checkpoint: they define the data, the model, the
-#: loss, the sampling and the whole learning-rate schedule (``--epochs`` included).
+#: loss, the sampling and the whole learning-rate schedule (``--epochs`` included). They are
+#: compared as the run resolved them, so the values a ``--recipe`` or ``--tiny`` set count as
+#: if given explicitly.
 RESUME_KEYS = (
+    "recipe",
     "data",
     "identities",
     "images_per_identity",
@@ -217,6 +220,11 @@ RESUME_KEYS = (
     "lr",
     "weight_decay",
     "warmup_epochs",
+    "schedule",
+    "clip_grad_norm",
+    "augment",
+    "sample_rate",
+    "chunk_size",
     "seed",
     "amp",
 )

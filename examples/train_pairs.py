@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     folder = runs.RunFolder(args, "train_pairs", OUTPUTS)  # checked before any work
     resumed = runs.read_resume(args, folder)
     runs.check_resume(resumed, args, RESUME_KEYS)
-    data = C.open_folder(args) if args.data is not None else None
+    data = C.open_data(args) if args.data is not None else None
 
     rank, world, device = C.init_distributed(args)
     distributed, main_proc = world > 1, rank == 0

@@ -3,9 +3,7 @@ an interrupted run resumes exactly."""
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib
 import os
 import re
 import shlex
@@ -18,70 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-PLOTS = ("roc.png", "det.png", "scores.png", "embeddings.png")
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _run(script: str, *args: str, nproc: int = 1, fails: bool = False, crash: bool = False) -> str:
-    env = _env()
-    launcher = [sys.executable]
-    if nproc > 1:  # as torchrun, on the gloo backend
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    proc = subprocess.run(
-        [*launcher, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    if crash:  # the run must fail (not a user mistake); its messages are returned
-        assert proc.returncode != 0, proc.stdout[-3000:]
-        return proc.stderr
-    if fails:  # the run must stop with a one-line error (status 2); its message is returned
-        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-        if nproc == 1:
-            assert "Traceback" not in proc.stderr, proc.stderr
-            assert proc.stderr.strip().splitlines()[-1].startswith(f"{Path(script).name}: error: ")
-        return proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-def _example(name: str):
-    """Import an example script as a module (its ``main`` and helpers, no run)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-
-
-def _check_load_backbone(path: Path) -> None:
-    """The backbone in an example's checkpoint loads into a network built from its config."""
-    from metricface.checkpoint import load_backbone
-
-    config = torch.load(path, weights_only=True)["extra"]["config"]
-    model = _example("_common").build_model(argparse.Namespace(**config))
-    state = torch.get_rng_state()
-    info = load_backbone(path, model)
-    assert torch.equal(torch.get_rng_state(), state)  # inference loading leaves the RNG alone
-    assert info["prefix"] == "backbone."
-    stored = torch.load(path, weights_only=True)["model"]
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, stored[f"backbone.{k}"]), k
-
-
-def _log_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from _example_runs import (
+    EXAMPLES,
+    PLOTS,
+    ROOT,
+    _check_load_backbone,
+    _env,
+    _example,
+    _log_rows,
+    _run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -198,22 +142,6 @@ def test_ctrl_c_before_anything_is_saved_leaves_no_run_folder(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert not out.exists(), sorted(p.name for p in out.iterdir())
     assert "nothing was saved yet" in err
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_ddp_run_resumed_equals_uninterrupted(tmp_path):
-    """Two gloo ranks: each rank's RNG (augmentation) state is restored, not rank 0's."""
-    common = ("--tiny", "--device", "cpu", "--no-plots", "--no-progress")
-    _run("train_vggface2.py", *common, "--output", str(tmp_path / "full"), nproc=2)
-    part = str(tmp_path / "part")
-    _run("train_vggface2.py", *common, "--output", part, "--stop-after-epoch", "1", nproc=2)
-    _run("train_vggface2.py", *common, "--output", part, "--resume", nproc=2)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    assert len(b["extra"]["rng_per_rank"]) == 2
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 @pytest.mark.slow
@@ -603,13 +531,22 @@ def test_readme_quick_start_runs_the_vggface2_example_on_its_defaults():
     assert args.data is None and not args.tiny and not args.resume
 
 
-def test_docs_use_only_flags_the_examples_have():
+def test_docs_use_only_flags_the_examples_and_tools_have():
+    import argparse
+
+    from metricface.cli import build_parser
+
     options = set()
     for script in ("train_vggface2", "train_pairs", "train_two_stage"):
         help_text = _example(script).build_parser().format_help()
         options |= set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+    for action in build_parser()._actions:  # the `python -m metricface` tools
+        if isinstance(action, argparse._SubParsersAction):
+            for tool in action.choices.values():
+                options |= {o for o in tool._option_string_actions if o.startswith("--")}
     others = {"--nproc-per-node", "--standalone", "--index-url"}  # torchrun's and pip's
-    for doc in ("docs/quickstart.rst", "docs/tutorial.rst", "docs/datasets.rst", "README.md"):
+    docs = ("quickstart", "tutorial", "datasets", "recipes")
+    for doc in (*(f"docs/{d}.rst" for d in docs), "README.md"):
         used = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text()))
         assert used - others <= options, (doc, sorted(used - others - options))
 
@@ -696,6 +633,16 @@ REFUSALS = [  # (script, arguments, words of the one-line error)
     ("train_vggface2.py", "--data three --identities 5", "--identities applies only to the"),
     ("train_vggface2.py", "--loss triplet --P 400", "--P 400 --K 4: identities_per_batch must"),
     ("train_vggface2.py", "--device cuda:7", "not available here"),
+    ("train_vggface2.py", "--data no-idx/train.rec", "has no index 'no-idx/train.idx' beside it"),
+    ("train_vggface2.py", "--data no-idx", "has no index 'no-idx/train.idx' beside it"),
+    ("train_vggface2.py", "--data damaged.rec", "--data: index 'damaged.idx' line 1: expected"),
+    ("train_vggface2.py", "--val-bin missing.bin", "--val-bin: no such verification .bin file"),
+    ("train_vggface2.py", "--val-bin damaged.bin", "--val-bin: damaged.bin"),
+    ("train_vggface2.py", "--recipe ms1mv3_r50 --loss triplet", "--recipe applies only to margin"),
+    ("train_vggface2.py", "--recipe r50", "argument --recipe: invalid choice: 'r50'"),
+    ("train_vggface2.py", "--loss triplet --chunk-size 64", "--chunk-size applies only to"),
+    ("train_vggface2.py", "--loss triplet --sample-rate 0.5", "not to --loss triplet"),
+    ("train_vggface2.py", "--sample-rate 0", "--sample-rate: must be a fraction in (0, 1]"),
     ("train_vggface2.py", "--out x", "unrecognized arguments: --out x"),
     ("train_pairs.py", "--pos-prob 1.5", "--pos-prob: must be a probability in [0, 1]"),
     ("train_pairs.py", "--miner batchhard", "unrecognized arguments: --miner"),
@@ -717,6 +664,11 @@ def test_user_mistakes_end_in_one_line_before_any_work(
     (tmp_path / "no-images" / "a" / "notes.txt").write_text("not an image")
     _image_folder(tmp_path / "one-identity", 1)
     _image_folder(tmp_path / "three", 3)
+    (tmp_path / "no-idx").mkdir()
+    (tmp_path / "no-idx" / "train.rec").write_bytes(b"\x0a\x23\xd7\xce")
+    (tmp_path / "damaged.rec").write_bytes(b"\x0a\x23\xd7\xce")
+    (tmp_path / "damaged.idx").write_text("not an index\n")
+    (tmp_path / "damaged.bin").write_bytes(b"not a pickle")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "log.csv").write_text("epoch\n")
     before = sorted(str(p) for p in tmp_path.rglob("*"))

@@ -41,9 +41,10 @@ import io
 import operator
 import os
 import struct
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -132,6 +133,11 @@ class RecordFaces(Dataset):
         Its index; by default the same path with the suffix ``.idx``.
     transform : callable, optional
         Applied to the decoded ``(3, H, W)`` uint8 image.
+    on_error : {"raise", "skip"}
+        What reading an image that does not decode does: raise
+        :class:`~metricface.data.folder.ImageDecodeError` naming the record, or warn, record
+        its key in :attr:`bad_records` and return another image of the same identity (the
+        next one in item order, wrapping around), as ``IdentityFolder(on_error="skip")`` does.
 
     Attributes
     ----------
@@ -148,13 +154,17 @@ class RecordFaces(Dataset):
     has_header : bool
         Whether record 0 is an InsightFace header record (keys in its range are images, the
         identity records after them are skipped) or the pack is plain (every key an image).
+    bad_records : list of int
+        Keys of the records found undecodable so far with ``on_error="skip"`` (in this
+        process: a DataLoader worker keeps its own list).
 
     Raises
     ------
     FileNotFoundError
         If the ``.rec`` or the ``.idx`` file is missing.
     ValueError
-        For a malformed index line, a duplicated key, a record whose framing is broken (wrong
+        For an ``on_error`` other than ``"raise"`` or ``"skip"``, a malformed index line, a
+        duplicated key, a record whose framing is broken (wrong
         magic word, an offset past the end, a truncated file, a label array longer than its
         record), a label that is not a non-negative integer, or a ``property`` file that
         disagrees with the labels. The message names the file, the record key and its offset.
@@ -192,11 +202,15 @@ class RecordFaces(Dataset):
         rec_path: str | os.PathLike[str],
         idx_path: str | os.PathLike[str] | None = None,
         transform: Callable[[torch.Tensor], Any] | None = None,
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
     ) -> None:
         rec = Path(rec_path)
         idx = rec.with_suffix(".idx") if idx_path is None else Path(idx_path)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if not rec.is_file():
             raise FileNotFoundError(f"record file {str(rec)!r} not found")
         if not idx.is_file():
@@ -236,7 +250,8 @@ class RecordFaces(Dataset):
                     f"below num_classes={num_classes} of {str(prop)!r}",
                 )
         self.rec_path, self.idx_path, self._pack = rec, idx, pack
-        self.transform = transform
+        self.transform, self.on_error = transform, on_error
+        self.bad_records: list[int] = []
         self.keys, self.offsets, self.labels = (
             keys.astype(np.int32) if keys[-1] <= np.iinfo(np.int32).max else keys,
             offsets,
@@ -285,19 +300,47 @@ class RecordFaces(Dataset):
         start = self._pack.parse(key, offset, payload)[2]
         return payload[start:], int(self.labels[i])
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        data, label = self.raw(index)
+    def _decode(self, i: int) -> torch.Tensor:
+        data, _ = self.raw(i)
         try:
-            image = decode_image_file(io.BytesIO(data))  # type: ignore[arg-type]
+            return decode_image_file(io.BytesIO(data))  # type: ignore[arg-type]
         except ImageDecodeError as exc:
-            i = self._index(index)
             raise ImageDecodeError(
                 f"cannot decode the image of record key {int(self.keys[i])} at offset "
                 f"{int(self.offsets[i])} of {str(self.rec_path)!r}: {exc.__cause__}"
             ) from exc.__cause__
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        i = self._index(index)
+        try:
+            image = self._decode(i)
+        except ImageDecodeError as exc:
+            if self.on_error == "raise":
+                raise
+            image = self._substitute(i, exc)
         if self.transform is not None:
             image = self.transform(image)
-        return image, label
+        return image, int(self.labels[i])
+
+    def _substitute(self, i: int, exc: ImageDecodeError) -> torch.Tensor:
+        """Another decodable image of item ``i``'s identity (``on_error="skip"``)."""
+        key = int(self.keys[i])
+        if key not in self.bad_records:
+            self.bad_records.append(key)
+            warnings.warn(f"{exc}; using another image of the same identity", stacklevel=3)
+        same = np.flatnonzero(self.labels == self.labels[i])
+        start = int(np.searchsorted(same, i))
+        for j in np.concatenate([same[start + 1 :], same[:start]]).tolist():
+            if int(self.keys[j]) in self.bad_records:
+                continue
+            try:
+                return self._decode(j)
+            except ImageDecodeError:
+                self.bad_records.append(int(self.keys[j]))
+        raise ImageDecodeError(
+            f"no image of identity label {int(self.labels[i])} in {str(self.rec_path)!r} can "
+            "be decoded"
+        ) from exc
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -338,6 +381,7 @@ class RecordFaces(Dataset):
     def _derive(self, rows: np.ndarray, labels: np.ndarray, pack_ids: np.ndarray) -> RecordFaces:
         new = object.__new__(type(self))
         new.__dict__.update(self.__getstate__())
+        new.bad_records = []
         new.keys, new.offsets, new.labels = self.keys[rows], self.offsets[rows], labels
         new._pack_ids, new.num_classes = pack_ids, len(pack_ids)
         return new
@@ -345,8 +389,8 @@ class RecordFaces(Dataset):
     def subset(self, indices: Sequence[int] | np.ndarray) -> RecordFaces:
         """The items ``indices`` (in that order) as a dataset with the same labels.
 
-        The result shares the file, ``transform`` and :attr:`num_classes`; it is what a
-        held-out evaluation set of a few images per identity needs.
+        The result shares the file, ``transform``, ``on_error`` and :attr:`num_classes`; it
+        is what a held-out evaluation set of a few images per identity needs.
         """
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
