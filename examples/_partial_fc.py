@@ -11,10 +11,9 @@ at a time travels, into CPU memory), and :func:`load_states` gives each rank its
 back. So a run resumes exactly on the same number of ranks (each rank's random state is saved
 beside it), and the checkpoint loads into a run on any number of ranks or into one process.
 
-``class_start``/``class_stop``/``sub_centers``/``world_size``/``rank``/``process_group`` of
-the loss describe its shard (:func:`metricface.losses.shard_range`; ``sub_centers`` rows per
-class); a loss without them, or on one rank, is not sharded and its states pass through
-unchanged.
+The loss's :meth:`~metricface.losses.MarginSoftmaxLoss.gather_shard` and
+:meth:`~metricface.losses.MarginSoftmaxLoss.local_shard` move rows between a shard and the
+full layout; a loss on one rank is not sharded and its states pass through unchanged.
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from metricface.losses import shard_range
+from metricface.losses import MarginSoftmaxLoss
 
 
 class _Snapshot(nn.Module):
@@ -53,39 +51,9 @@ class _OptimizerSnapshot:
 def sharded_loss(objective: nn.Module) -> nn.Module | None:
     """``objective.loss`` if it holds a shard of the class centers, else ``None``."""
     loss = getattr(objective, "loss", None)
-    if getattr(loss, "world_size", 1) > 1 and hasattr(loss, "class_start"):
+    if isinstance(loss, MarginSoftmaxLoss) and loss.world_size > 1:
         return loss
     return None
-
-
-def _rows(loss: nn.Module, rank: int) -> slice:
-    """The rows of the full ``weight`` that rank ``rank`` holds."""
-    k = getattr(loss, "sub_centers", 1)
-    start, stop = shard_range(loss.num_classes, loss.world_size, rank)
-    return slice(start * k, stop * k)
-
-
-def _gather_rows(local: torch.Tensor, loss: nn.Module) -> torch.Tensor | None:
-    """Every rank's rows of a shard-shaped tensor, in class order, on rank 0 (CPU)."""
-    full = None
-    if loss.rank == 0:
-        rows = loss.num_classes * getattr(loss, "sub_centers", 1)
-        full = torch.empty((rows, *local.shape[1:]), dtype=local.dtype)
-    for src in range(loss.world_size):
-        rows = _rows(loss, src)
-        if rows.stop == rows.start:
-            continue
-        shape = (rows.stop - rows.start, *local.shape[1:])
-        buf = (
-            local.detach().contiguous()
-            if src == loss.rank
-            else torch.empty(shape, dtype=local.dtype, device=local.device)
-        )
-        group = loss.process_group
-        dist.broadcast(buf, src=dist.get_global_rank(group, src), group=group)
-        if full is not None:
-            full[rows].copy_(buf)
-    return full
 
 
 def _index(params: Sequence[torch.Tensor], weight: torch.Tensor) -> int:
@@ -105,13 +73,13 @@ def full_states(
     loss = sharded_loss(objective)
     if loss is None:
         return model, optim
-    model = {**model, "loss.weight": _gather_rows(loss.weight, loss)}
+    model = {**model, "loss.weight": loss.gather_shard(loss.weight, dst=0)}
     i = _index(params, loss.weight)
     state = dict(optim["state"].get(i, {}))  # a copy: the optimizer's own dict stays as it is
     for key in sorted(state):  # the same order on every rank
         value = state[key]
         if torch.is_tensor(value) and value.shape == loss.weight.shape:  # per-center state
-            state[key] = _gather_rows(value, loss)
+            state[key] = loss.gather_shard(value, dst=0)
     return model, {**optim, "state": {**optim["state"], i: state}}
 
 
@@ -136,12 +104,11 @@ def load_states(
     model, optim = ckpt["model"], ckpt["optimizer"]
     loss = sharded_loss(objective)
     if loss is not None:
-        rows = _rows(loss, loss.rank)
-        full_shape = (loss.num_classes * getattr(loss, "sub_centers", 1), loss.weight.shape[1])
-        model = {**model, "loss.weight": model["loss.weight"][rows]}
+        full_shape = (loss.num_classes * loss.sub_centers, loss.weight.shape[1])
+        model = {**model, "loss.weight": loss.local_shard(model["loss.weight"])}
         i = _index(params, loss.weight)
         state = {
-            k: v[rows] if torch.is_tensor(v) and tuple(v.shape) == full_shape else v
+            k: loss.local_shard(v) if torch.is_tensor(v) and tuple(v.shape) == full_shape else v
             for k, v in optim["state"].get(i, {}).items()
         }
         optim = {**optim, "state": {**optim["state"], i: state}}

@@ -348,6 +348,11 @@ def _sharded_worker(rank: int, world_size: int):
     out["full"] = loss_fn.gather_weight()
     to_one = loss_fn.full_state_dict(dst=1)
     out["full_on_1"] = torch.zeros(0) if to_one is None else to_one["weight"]
+    # any per-center tensor (an optimizer moment, here with extra trailing dimensions and
+    # integer entries): gathered to rank 0 in class order, and local_shard gives the rows back
+    moment = torch.arange(NUM_CLASSES * DIM * 2).view(NUM_CLASSES, DIM, 2)
+    gathered = loss_fn.gather_shard(loss_fn.local_shard(moment), dst=0)
+    out["moment_on_0"] = torch.zeros(0) if gathered is None else gathered
     # class-center sampling per shard: 50% of each shard plus that shard's positives
     torch.manual_seed(rank)
     sampled = PartialFCLoss(
@@ -418,6 +423,9 @@ def test_sharded_equals_single_process_dense():
             torch.testing.assert_close(out[f"gw{chunk}"], ref_gw[start:stop])
         assert torch.equal(out["full"], w)
     assert results[0]["full_on_1"].numel() == 0 and torch.equal(results[1]["full_on_1"], w)
+    moment = torch.arange(NUM_CLASSES * DIM * 2).view(NUM_CLASSES, DIM, 2)
+    assert torch.equal(results[0]["moment_on_0"], moment)
+    assert results[1]["moment_on_0"].numel() == 0
 
     # sampling: every positive of each shard is scored, plus int(0.5 * shard) in total
     index = torch.cat([out["s_index"] for out in results])
@@ -463,6 +471,18 @@ def test_gather_rejects_a_destination_outside_the_ranks():
     with pytest.raises(TypeError, match="dst must be an int"):
         loss_fn.gather_weight(dst=0.0)
     assert loss_fn.gather_weight(dst=0).shape == (12, 3)
+
+
+def test_shard_helpers_name_a_tensor_of_the_wrong_layout():
+    loss_fn = PartialFCLoss(12, 3, margin=arcface_safe, sub_centers=2)
+    with pytest.raises(ValueError, match=r"shard must have 24 rows .* got shape \(12, 3\)"):
+        loss_fn.gather_shard(torch.zeros(12, 3))
+    with pytest.raises(ValueError, match=r"full must have 24 rows .* got shape \(\)"):
+        loss_fn.local_shard(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="shard must be a torch.Tensor, got list"):
+        loss_fn.gather_shard([0.0] * 24)
+    momentum = torch.randn(24, 3)
+    assert torch.equal(loss_fn.local_shard(loss_fn.gather_shard(momentum)), momentum)
 
 
 @given(

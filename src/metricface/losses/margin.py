@@ -388,8 +388,7 @@ class MarginSoftmaxLoss(nn.Module):
     ) -> Optional[Tensor]:
         """Assemble the full weight from all shards (a collective: call on every rank).
 
-        Shards are broadcast one at a time, so the accelerator never holds more than one
-        extra shard.
+        :meth:`gather_shard` of the weight.
 
         Parameters
         ----------
@@ -405,30 +404,94 @@ class MarginSoftmaxLoss(nn.Module):
             Shape ``(num_classes * sub_centers, embedding_dim)``, detached; ``None`` on ranks
             other than ``dst``.
         """
+        return self.gather_shard(self.weight, dst=dst, device=device)
+
+    def gather_shard(
+        self, shard: Tensor, dst: Optional[int] = None, device: torch.device | str = "cpu"
+    ) -> Optional[Tensor]:
+        """Assemble a tensor laid out like the weight's shard from all ranks (a collective).
+
+        ``shard`` holds one row per class center of this rank, as the weight does: the weight
+        itself, or the optimizer state of the weight (SGD momentum, Adam moments), so that a
+        single checkpoint can hold everything a run on any number of ranks resumes from.
+        Shards are broadcast one at a time, so the accelerator never holds more than one
+        extra shard. Without a process group, a copy of ``shard`` on ``device``.
+
+        Parameters
+        ----------
+        shard : Tensor, shape (n_local_rows, ...)
+            ``n_local_rows = (class_stop - class_start) * sub_centers``; the trailing
+            dimensions, dtype and device are the same on every rank.
+        dst : int, optional
+            Rank (within the process group, in ``[0, world_size)``) that receives the result;
+            ``None``: every rank.
+        device : torch.device or str
+            Where to put the full tensor.
+
+        Returns
+        -------
+        torch.Tensor or None
+            Shape ``(num_classes * sub_centers, ...)``, detached, rows in class order; ``None``
+            on ranks other than ``dst``.
+        """
         if dst is not None:  # checked on every rank alike, so none waits in a broadcast
             check_scalar(dst, "dst", low=0, high=self.world_size - 1, integer=True)
-        weight = self.weight.detach()
+        k = self.sub_centers
+        if not isinstance(shard, Tensor):
+            raise TypeError(f"shard must be a torch.Tensor, got {type(shard).__name__}")
+        local_rows = (self.class_stop - self.class_start) * k
+        if shard.dim() == 0 or shard.shape[0] != local_rows:
+            raise ValueError(
+                f"shard must have {local_rows} rows (this rank's class centers), got shape "
+                f"{tuple(shard.shape)}"
+            )
+        shard = shard.detach()
         if self.process_group is None:
-            return weight.to(device, copy=True)
-        receive = dst is None or dst == self.rank
-        k, dim = self.sub_centers, self.embedding_dim
+            return shard.to(device, copy=True)
+        tail = tuple(shard.shape[1:])
         full = None
-        if receive:
-            full = torch.empty(self.num_classes * k, dim, dtype=weight.dtype, device=device)
+        if dst is None or dst == self.rank:
+            full = torch.empty((self.num_classes * k, *tail), dtype=shard.dtype, device=device)
         for src in range(self.world_size):
             start, stop = (k * c for c in shard_range(self.num_classes, self.world_size, src))
             if stop == start:
                 continue
             if src == self.rank:
-                buf = weight.contiguous()
+                buf = shard.contiguous()
             else:
-                buf = torch.empty(stop - start, dim, dtype=weight.dtype, device=weight.device)
+                buf = torch.empty((stop - start, *tail), dtype=shard.dtype, device=shard.device)
             dist.broadcast(
                 buf, src=dist.get_global_rank(self.process_group, src), group=self.process_group
             )
             if full is not None:
                 full[start:stop].copy_(buf)
         return full
+
+    def local_shard(self, full: Tensor) -> Tensor:
+        """This rank's rows of a tensor laid out like the full weight (a view, no collective).
+
+        The inverse of :meth:`gather_shard`: ``full`` has one row per class center of all
+        ranks (``num_classes * sub_centers`` rows, in class order), e.g. a gathered weight or
+        its gathered optimizer state.
+
+        Parameters
+        ----------
+        full : Tensor, shape (num_classes * sub_centers, ...)
+
+        Returns
+        -------
+        Tensor
+            Shape ``((class_stop - class_start) * sub_centers, ...)``.
+        """
+        rows = self.num_classes * self.sub_centers
+        if not isinstance(full, Tensor):
+            raise TypeError(f"full must be a torch.Tensor, got {type(full).__name__}")
+        if full.dim() == 0 or full.shape[0] != rows:
+            raise ValueError(
+                f"full must have {rows} rows (every class center), got shape {tuple(full.shape)}"
+            )
+        k = self.sub_centers
+        return full[self.class_start * k : self.class_stop * k]
 
     def full_state_dict(
         self, dst: Optional[int] = None, device: torch.device | str = "cpu"
@@ -458,9 +521,8 @@ class MarginSoftmaxLoss(nn.Module):
             raise ValueError(
                 f"weight must have shape {expected} (all classes), got {tuple(weight.shape)}"
             )
-        k = self.sub_centers
         with torch.no_grad():
-            self.weight.copy_(weight[self.class_start * k : self.class_stop * k])
+            self.weight.copy_(self.local_shard(weight))
 
     def load_full_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """Load a state dict holding the full ``"weight"`` (as :meth:`full_state_dict` makes)."""
