@@ -28,6 +28,7 @@ from metricface._validation import (
     check_reference_set,
 )
 from metricface.distances import check_distance, pairwise_matrix
+from metricface.numerics import to_compute_dtype
 from metricface.tuples import check_indices_tuple, label_masks
 
 __all__ = ["TupleLoss", "mean_nonzero", "zero_with_graph"]
@@ -111,6 +112,16 @@ class TupleLoss(nn.Module):
         labels, indices_tuple, ref_labels = self._check(
             embeddings, labels, indices_tuple, ref_emb, ref_labels
         )
+        # one cast into the compute dtype per input, however many paths use it: their
+        # gradients add up in float32 and are cast back once, saturating (cast_finite)
+        in_dtype = embeddings.dtype
+        if ref_emb is None:
+            embeddings = to_compute_dtype(embeddings)
+        else:
+            embeddings, ref_emb = (
+                to_compute_dtype(embeddings, ref_emb),
+                to_compute_dtype(ref_emb, embeddings),
+            )
         mat = pairwise_matrix(embeddings, ref_emb, self.distance)
         if indices_tuple is None:
             pos, neg = label_masks(labels, ref_labels if ref_emb is not None else None)
@@ -120,7 +131,7 @@ class TupleLoss(nn.Module):
         loss = zero_with_graph(embeddings, ref_emb).to(mat.dtype)
         for total, count in groups:
             loss = loss + total / count.clamp(min=1)  # total is 0 when count is 0
-        return loss.to(embeddings.dtype)
+        return loss.to(in_dtype)
 
     def _groups_from_masks(self, mat, pos, neg, embeddings, ref_emb):
         raise NotImplementedError
