@@ -11,13 +11,24 @@ embedding. Two measures are offered:
     Cosine similarity, in ``[-1, 1]`` (larger = more alike), like ``CosineSimilarity()``.
 
 Numerics: float16 and bfloat16 inputs are computed in float32 and the matrix is returned in
-float32 (losses cast their scalar result back); a float64 input makes the whole matrix float64. :func:`torch.cdist` returns exactly 0 for
-duplicated embeddings and its gradient there is 0, never NaN (the square root's infinite slope
-at 0 is masked). The matrices are ``(B, R)``: O(B^2) memory, never more.
+float32 (losses cast their scalar result back); a float64 input makes the whole matrix float64.
+Gradients reach half-precision inputs through :func:`metricface.numerics.to_compute_dtype`, so
+they saturate at the input dtype's largest finite value instead of overflowing to ``inf``.
+
+Exact zeros: the L2 distance between two identical rows is exactly 0, at any batch size and
+with any BLAS, and its gradient is 0, never NaN. :func:`torch.cdist` alone does not give that
+beyond 25 rows, where it switches to the Gram-matrix form ``||x||^2 + ||y||^2 - 2 x.y``, whose
+rounding (about ``sqrt(D * eps)``: 3e-4 to 1e-3 in float32) does not cancel for identical
+rows. Every entry that this form cannot tell from 0 (a squared distance within its rounding
+error bound, which covers reduced-precision float32 matmuls such as TF32) is therefore
+recomputed from the difference ``||x_i - y_j||``, exact for identical rows by construction and
+accurate for near-duplicates. Elsewhere the matrix is :func:`torch.cdist`'s, bit for bit, as in
+pytorch-metric-learning. The matrices are ``(B, R)``: O(B^2) memory, never more.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -58,9 +69,100 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor | None) -> None:
 
 
 def _common_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both in their promoted dtype (float64 when either is), as the kernels need one dtype."""
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    return x.to(dtype), y.to(dtype)
+    """Both in their compute dtype (float64 when either is), as the kernels need one dtype."""
+    return numerics.to_compute_dtype(x, y), numerics.to_compute_dtype(y, x)
+
+
+# Entries recomputed from differences beyond this fraction of the matrix: the whole matrix is
+# then computed from differences (no index tensors for most of its entries).
+_DENSE_RECOMPUTE_FRACTION = 8
+# Rows of differences formed at once while recomputing entries (memory: this many elements).
+_RECOMPUTE_CHUNK_ELEMENTS = 1 << 18
+
+
+def _matmul_input_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """Unit roundoff of a matmul's inputs under the current float32 precision settings.
+
+    A float32 matmul may round its inputs to TF32 (10 mantissa bits) or bfloat16 (7) where
+    :func:`torch.set_float32_matmul_precision` or the backend flags allow it; the larger of
+    the roundoffs any of these settings permits is returned.
+    """
+    u = torch.finfo(dtype).eps / 2
+    if dtype != torch.float32:
+        return u
+    reduced = {"tf32": 2.0**-11, "bf16": 2.0**-8}
+    settings = [{"high": "tf32", "medium": "bf16"}.get(torch.get_float32_matmul_precision())]
+    backend = (
+        torch.backends.cuda.matmul
+        if device.type == "cuda"
+        else getattr(torch.backends.mkldnn, "matmul", None)
+    )
+    settings.append(getattr(backend, "fp32_precision", None))  # torch >= 2.9
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        settings.append("tf32")
+    return max([u] + [reduced[s] for s in settings if s in reduced])
+
+
+def _gram_error_bound(x: torch.Tensor, max_sq_norm: float) -> float:
+    """An upper bound on the rounding error of :func:`torch.cdist`'s squared distances.
+
+    The Gram-matrix form computes ``-2 x.y + ||x||^2 + ||y||^2`` as one dot product of length
+    ``D + 2`` (the norms themselves sums of ``D`` squares). With unit roundoff ``u`` of the
+    accumulation, ``u_in`` of the matmul's inputs and ``M^2`` (``max_sq_norm``) the largest
+    squared row norm, its error is at most ``(gamma_{D+2} + 2 u_in) 4 M^2 + gamma_D 2 M^2``
+    (``gamma_n = n u / (1 - n u)``); returned with a factor 2 to spare.
+    """
+    n = x.shape[1] + 2
+    u = torch.finfo(x.dtype).eps / 2
+    gamma = n * u / (1 - n * u)
+    u_in = _matmul_input_roundoff(x.dtype, x.device)
+    return 2.0 * max_sq_norm * (4.0 * (gamma + 2.0 * u_in) + 2.0 * gamma)
+
+
+def _difference_distances(
+    x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """``||x[rows] - y[cols]||`` from the differences, chunk by chunk: shape ``(K,)``.
+
+    :func:`torch.cdist`'s difference kernel on ``(K, 1, D)`` batches: exactly 0 for identical
+    rows, with a zero gradient (and a finite second derivative) there.
+    """
+    step = max(1, _RECOMPUTE_CHUNK_ELEMENTS // max(1, x.shape[1]))
+    parts = [
+        torch.cdist(
+            x[rows[s : s + step]].unsqueeze(1),
+            y[cols[s : s + step]].unsqueeze(1),
+            compute_mode="donot_use_mm_for_euclid_dist",
+        ).view(-1)
+        for s in range(0, rows.numel(), step)
+    ]
+    return torch.cat(parts)
+
+
+def _l2_distances(x: torch.Tensor, y: torch.Tensor, unit: bool) -> torch.Tensor:
+    """:func:`torch.cdist` with every entry it cannot tell from 0 recomputed from differences.
+
+    ``unit``: the rows are known to have norms of at most 1 (up to rounding).
+    """
+    d = torch.cdist(x, y, p=2)
+    if d.numel() == 0:
+        return d
+    if unit:
+        max_sq_norm = 1.0
+    else:
+        with torch.no_grad():
+            max_sq_norm = float(torch.cat([x, y]).square().sum(dim=1).max())
+    close = d.detach() <= math.sqrt(_gram_error_bound(x, max_sq_norm))
+    count = int(close.sum())
+    if count == 0:
+        return d
+    if count * _DENSE_RECOMPUTE_FRACTION > d.numel():  # e.g. a collapsed batch
+        return torch.cdist(x, y, p=2, compute_mode="donot_use_mm_for_euclid_dist")
+    rows, cols = close.nonzero(as_tuple=True)
+    exact = _difference_distances(x, y, rows, cols)
+    if d.requires_grad:
+        return d.index_put((rows, cols), exact)
+    return d.index_put_((rows, cols), exact)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -93,12 +195,13 @@ def euclidean_distance_matrix(
     _check_inputs(x, y)
     if y is not None:
         x, y = _common_dtype(x, y)
-    xw = l2_normalize(x) if normalize else x.to(numerics.compute_dtype(x))
+    xw = l2_normalize(x) if normalize else numerics.to_compute_dtype(x)
     if y is None:
         yw = xw
     else:
-        yw = l2_normalize(y) if normalize else y.to(numerics.compute_dtype(y))
-    return torch.cdist(xw, yw, p=2)
+        yw = l2_normalize(y) if normalize else numerics.to_compute_dtype(y)
+    with torch.autocast(xw.device.type, enabled=False):  # keep float32 under autocast
+        return _l2_distances(xw, yw, unit=normalize)
 
 
 def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
