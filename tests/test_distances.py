@@ -161,3 +161,35 @@ def test_duplicated_rows_have_zero_gradient_beyond_25_rows():
     x.grad = None
     euclidean_distance_matrix(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("backend", "value"),
+    [("", "tf32"), ("mkldnn.matmul", "bf16"), ("mkldnn.matmul", "tf32"), ("cuda.matmul", "tf32")],
+)
+def test_the_fp32_precision_settings_of_recent_torch_are_read(backend, value):
+    # torch >= 2.9 refuses its legacy precision getters once fp32_precision has been set
+    owner = torch.backends
+    for name in filter(None, backend.split(".")):
+        owner = getattr(owner, name)
+    if not hasattr(owner, "fp32_precision"):
+        pytest.skip("this torch has no fp32_precision setting")
+    saved = owner.fp32_precision
+    owner.fp32_precision = value
+    try:
+        x = _rows_with_duplicates(40, 64, {30: 2}, seed=2).float()
+        d = euclidean_distance_matrix(x)
+    finally:
+        owner.fp32_precision = saved
+    assert d[2, 30] == 0 and d[30, 2] == 0 and (d.diagonal() == 0).all()
+
+
+def test_a_batch_of_near_copies_matches_float64():
+    # early in training the embeddings of a batch can all be close: the Gram form on rows
+    # centred on their mean still resolves them, and the result matches float64
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 512, generator=g) + 0.005 * torch.randn(200, 512, generator=g)
+    d = euclidean_distance_matrix(x)
+    xn = torch.nn.functional.normalize(x.double(), dim=1)
+    ref = (xn[:, None, :] - xn[None, :, :]).pow(2).sum(-1).sqrt()
+    torch.testing.assert_close(d.double(), ref, atol=1e-6, rtol=1e-4)

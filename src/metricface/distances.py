@@ -5,8 +5,8 @@ embedding. Two measures are offered:
 
 ``"euclidean"``
     L2 distance between L2-normalised embeddings, in ``[0, 2]`` (smaller = more alike). This is
-    pytorch-metric-learning's default ``LpDistance()`` and is computed with :func:`torch.cdist`
-    like it, so both libraries produce the same matrices bit for bit in float32/float64.
+    pytorch-metric-learning's default ``LpDistance()``; both compute it with
+    :func:`torch.cdist`, so the two libraries' matrices agree to rounding in float32/float64.
 ``"cosine"``
     Cosine similarity, in ``[-1, 1]`` (larger = more alike), like ``CosineSimilarity()``.
 
@@ -19,16 +19,17 @@ Exact zeros: the L2 distance between two identical rows is exactly 0, at any bat
 with any BLAS, and its gradient is 0, never NaN. :func:`torch.cdist` alone does not give that
 beyond 25 rows, where it switches to the Gram-matrix form ``||x||^2 + ||y||^2 - 2 x.y``, whose
 rounding (about ``sqrt(D * eps)``: 3e-4 to 1e-3 in float32) does not cancel for identical
-rows. Every entry that this form cannot tell from 0 (a squared distance within its rounding
-error bound, which covers reduced-precision float32 matmuls such as TF32) is therefore
-recomputed from the difference ``||x_i - y_j||``, exact for identical rows by construction and
-accurate for near-duplicates. Elsewhere the matrix is :func:`torch.cdist`'s, bit for bit, as in
-pytorch-metric-learning. The matrices are ``(B, R)``: O(B^2) memory, never more.
+rows. Here the rows are first centred on their mean (distances do not change under a
+translation, identical rows stay identical, and the Gram form's error, proportional to the
+squared norms, shrinks for a batch of similar embeddings); then every entry whose squared
+value lies within that form's rounding-error bound (which covers reduced-precision float32
+matmuls such as TF32) is recomputed from the difference ``||x_i - y_j||``: exactly 0 for
+identical rows, and accurate to the input's precision for near-duplicates. The matrices are
+``(B, R)``: O(B^2) memory, never more.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -78,45 +79,59 @@ def _common_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
 _DENSE_RECOMPUTE_FRACTION = 8
 # Rows of differences formed at once while recomputing entries (memory: this many elements).
 _RECOMPUTE_CHUNK_ELEMENTS = 1 << 18
+# torch.cdist uses its Gram-matrix form only when either side has more rows than this.
+_CDIST_MM_MIN_ROWS = 25
+_REDUCED_ROUNDOFF = {"tf32": 2.0**-11, "bf16": 2.0**-8}
+
+
+def _setting(read) -> object:
+    """A precision setting, or ``None`` where this torch lacks it or refuses to read it.
+
+    torch >= 2.9 raises on the legacy getters once its ``fp32_precision`` API has been used.
+    """
+    try:
+        return read()
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _matmul_input_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     """Unit roundoff of a matmul's inputs under the current float32 precision settings.
 
     A float32 matmul may round its inputs to TF32 (10 mantissa bits) or bfloat16 (7) where
-    :func:`torch.set_float32_matmul_precision` or the backend flags allow it; the larger of
-    the roundoffs any of these settings permits is returned.
+    :func:`torch.set_float32_matmul_precision`, the backend's ``fp32_precision`` (torch >=
+    2.9) or ``allow_tf32`` allow it; the largest roundoff that any of them permits is returned.
     """
     u = torch.finfo(dtype).eps / 2
     if dtype != torch.float32:
         return u
-    reduced = {"tf32": 2.0**-11, "bf16": 2.0**-8}
-    settings = [{"high": "tf32", "medium": "bf16"}.get(torch.get_float32_matmul_precision())]
-    backend = (
-        torch.backends.cuda.matmul
-        if device.type == "cuda"
-        else getattr(torch.backends.mkldnn, "matmul", None)
-    )
-    settings.append(getattr(backend, "fp32_precision", None))  # torch >= 2.9
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        settings.append("tf32")
-    return max([u] + [reduced[s] for s in settings if s in reduced])
+    backends = torch.backends
+    legacy = {"high": "tf32", "medium": "bf16"}
+    settings = [legacy.get(_setting(torch.get_float32_matmul_precision))]
+    if device.type == "cuda":
+        settings.append(_setting(lambda: backends.cuda.matmul.fp32_precision))
+        if _setting(lambda: backends.cuda.matmul.allow_tf32):
+            settings.append("tf32")
+    else:
+        settings.append(_setting(lambda: backends.mkldnn.matmul.fp32_precision))
+    return max([u] + [_REDUCED_ROUNDOFF[s] for s in settings if s in _REDUCED_ROUNDOFF])
 
 
-def _gram_error_bound(x: torch.Tensor, max_sq_norm: float) -> float:
-    """An upper bound on the rounding error of :func:`torch.cdist`'s squared distances.
+def _gram_error_factor(dim: int, dtype: torch.dtype, device: torch.device) -> float:
+    """``c`` such that ``c (||x||^2 + ||y||^2)`` bounds the rounding error of a Gram-form entry.
 
-    The Gram-matrix form computes ``-2 x.y + ||x||^2 + ||y||^2`` as one dot product of length
-    ``D + 2`` (the norms themselves sums of ``D`` squares). With unit roundoff ``u`` of the
-    accumulation, ``u_in`` of the matmul's inputs and ``M^2`` (``max_sq_norm``) the largest
-    squared row norm, its error is at most ``(gamma_{D+2} + 2 u_in) 4 M^2 + gamma_D 2 M^2``
-    (``gamma_n = n u / (1 - n u)``); returned with a factor 2 to spare.
+    :func:`torch.cdist`'s Gram-matrix form computes ``-2 x.y + ||x||^2 + ||y||^2`` as one dot
+    product of length ``D + 2`` whose terms sum in absolute value to at most
+    ``2 (||x||^2 + ||y||^2)``, the norms being sums of ``D`` squares. With unit roundoff ``u``
+    of the accumulation, ``u_in`` of the matmul's inputs and ``gamma_n = n u / (1 - n u)``,
+    the error is at most ``(2 (gamma_{D+2} + 2 u_in) + gamma_D) (||x||^2 + ||y||^2)``;
+    returned with a factor 2 to spare.
     """
-    n = x.shape[1] + 2
-    u = torch.finfo(x.dtype).eps / 2
+    u = torch.finfo(dtype).eps / 2
+    n = dim + 2
     gamma = n * u / (1 - n * u)
-    u_in = _matmul_input_roundoff(x.dtype, x.device)
-    return 2.0 * max_sq_norm * (4.0 * (gamma + 2.0 * u_in) + 2.0 * gamma)
+    u_in = _matmul_input_roundoff(dtype, device)
+    return 2.0 * (2.0 * (gamma + 2.0 * u_in) + gamma)
 
 
 def _difference_distances(
@@ -139,27 +154,46 @@ def _difference_distances(
     return torch.cat(parts)
 
 
-def _l2_distances(x: torch.Tensor, y: torch.Tensor, unit: bool) -> torch.Tensor:
-    """:func:`torch.cdist` with every entry it cannot tell from 0 recomputed from differences.
+def _l2_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L2 distances: exactly 0 between identical rows (``y is x``: the self-distances).
 
-    ``unit``: the rows are known to have norms of at most 1 (up to rounding).
+    :func:`torch.cdist` on the rows centred on their mean (a translation: the distances do
+    not change, identical rows stay identical, and the Gram form's rounding error, which
+    grows with the rows' norms, shrinks for a batch of similar embeddings); every entry
+    within that error of 0 is recomputed from the differences.
     """
-    d = torch.cdist(x, y, p=2)
+    same = y is x
+    if x.shape[0] <= _CDIST_MM_MIN_ROWS and y.shape[0] <= _CDIST_MM_MIN_ROWS:
+        return torch.cdist(x, y, p=2)  # the difference kernel: exact zeros already
+    with torch.no_grad():
+        center = (x if same else torch.cat([x, y])).mean(dim=0)
+        center = torch.where(torch.isfinite(center), center, torch.zeros_like(center))
+    xc = x - center
+    yc = xc if same else y - center
+    d = torch.cdist(xc, yc, p=2)
     if d.numel() == 0:
         return d
-    if unit:
-        max_sq_norm = 1.0
-    else:
-        with torch.no_grad():
-            max_sq_norm = float(torch.cat([x, y]).square().sum(dim=1).max())
-    close = d.detach() <= math.sqrt(_gram_error_bound(x, max_sq_norm))
-    count = int(close.sum())
+    if same:  # a row and itself: exactly 0, no need to look
+        zeros = d.new_zeros(d.shape[0])
+        d = d.diagonal_scatter(zeros) if d.requires_grad else d.fill_diagonal_(0.0)
+    with torch.no_grad():
+        factor = _gram_error_factor(x.shape[1], x.dtype, x.device)
+        sq_x = xc.square().sum(dim=1)
+        sq_y = sq_x if same else yc.square().sum(dim=1)
+        # one pass against the largest bound; the per-entry bound only where it might matter
+        close = d <= (factor * (sq_x.max() + sq_y.max())).sqrt()
+        if same:
+            close.fill_diagonal_(False)
+        if int(torch.count_nonzero(close)) == 0:
+            return d
+        close &= d.square() <= factor * (sq_x[:, None] + sq_y[None, :])
+        count = int(torch.count_nonzero(close))
     if count == 0:
         return d
-    if count * _DENSE_RECOMPUTE_FRACTION > d.numel():  # e.g. a collapsed batch
-        return torch.cdist(x, y, p=2, compute_mode="donot_use_mm_for_euclid_dist")
+    if count * _DENSE_RECOMPUTE_FRACTION > d.numel():  # e.g. many copies of a few rows
+        return torch.cdist(xc, yc, p=2, compute_mode="donot_use_mm_for_euclid_dist")
     rows, cols = close.nonzero(as_tuple=True)
-    exact = _difference_distances(x, y, rows, cols)
+    exact = _difference_distances(xc, yc, rows, cols)
     if d.requires_grad:
         return d.index_put((rows, cols), exact)
     return d.index_put_((rows, cols), exact)
@@ -201,7 +235,7 @@ def euclidean_distance_matrix(
     else:
         yw = l2_normalize(y) if normalize else numerics.to_compute_dtype(y)
     with torch.autocast(xw.device.type, enabled=False):  # keep float32 under autocast
-        return _l2_distances(xw, yw, unit=normalize)
+        return _l2_distances(xw, yw)
 
 
 def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
