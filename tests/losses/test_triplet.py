@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _pml import assert_matches_peer, batch_factory, peer_distance, pml_losses, pml_miners
@@ -299,3 +301,21 @@ def test_sorted_and_chunked_paths_agree_on_ties(
     chunked = TripletMarginLoss(margin=margin, distance=distance)(x, y, indices_tuple=tuples)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(sorted_loss, chunked, rtol=tol, atol=1e-30)
+
+
+def test_sorted_path_settles_many_negatives_within_rounding_of_the_hinge():
+    # cosine, margin 0.5: the positives' similarity 0.5 puts the hinge of anchor e0 at
+    # similarity 0, where 100 negatives lie within float32 rounding of it (k * 1e-10); the
+    # sorted path must count exactly the triplets the index-tuple path counts
+    rows = [[1.0, 0, 0, 0]] + [[0.5, 0, math.sqrt(0.75), 0]] * 20
+    rows += [[k * 1e-10, math.sqrt(1 - (k * 1e-10) ** 2), 0, 0] for k in range(1, 101)]
+    rows += [[0, 0, 0, 1.0], [0, 0, 0, -1.0], [0, 0, 0, 1.0]]  # one real violation elsewhere
+    x = torch.tensor(rows, dtype=torch.float64).float()
+    y = torch.tensor([0] * 21 + [1] * 100 + [2, 2, 3])
+    same = y[:, None] == y[None, :]
+    positive = same & ~torch.eye(len(y), dtype=torch.bool)
+    tuples = (positive[:, :, None] & ~same[:, None, :]).nonzero(as_tuple=True)
+    loss_fn = TripletMarginLoss(margin=0.5, distance="cosine")
+    labels_only = loss_fn(x, y)
+    torch.testing.assert_close(labels_only, loss_fn(x, y, indices_tuple=tuples), rtol=1e-6, atol=0)
+    torch.testing.assert_close(labels_only, _peer("cosine", margin=0.5)(x, y), rtol=1e-6, atol=0)

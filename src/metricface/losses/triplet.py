@@ -36,9 +36,6 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 18
 # The sorted path costs two O(R log R) passes per anchor (sort, binary search), the chunked
 # path O(R) per positive pair; sorting only pays off with many positives per anchor.
 SORTED_MIN_POSITIVES_PER_ANCHOR = 16
-# Bound on the boundary corrections of the sorted path: finite inputs need one or two (the
-# distinct values within rounding of a hinge); the bound only guards against NaN input.
-_MAX_BOUNDARY_STEPS = 64
 
 
 class TripletMarginLoss(TupleLoss):
@@ -152,27 +149,32 @@ class TripletMarginLoss(TupleLoss):
 
         A negative violates when :meth:`_violation` is positive, the very value the chunked
         paths (and pytorch-metric-learning) test. That value is non-increasing in ``D(a, n)``
-        (rounding is monotonic), so the violating negatives are a prefix of ``ranked``. A
-        binary search for ``D(a, p) + margin`` finds its end up to rounding; the loop then moves
-        each end over whole runs of equal values until the value itself decides, which takes
-        a step or two on ties within rounding of the hinge and none elsewhere.
+        (rounding is monotonic), so the violating negatives are a prefix of ``ranked``. Binary
+        searches for ``D(a, p) + margin -+ delta`` bracket the prefix's end, ``delta`` bounding
+        the rounding of the test (``8 u (|D(a, p)| + |margin| + max |D(a, n)|)``); a bisection
+        on the test itself then settles the bracket, which holds the negatives within
+        rounding of the hinge: usually none, so it rarely takes a step.
 
         Shapes: ``dis`` and ``ranked`` ``(B, R)``, ``n_neg`` ``(B, 1)``; returns ``(B, R)`` long.
         """
-        count = torch.searchsorted(ranked, (dis + self.margin).contiguous())
-        count = torch.minimum(count, n_neg)
+        u = torch.finfo(dis.dtype).eps / 2
+        largest = ranked.gather(1, (n_neg - 1).clamp(min=0)).abs()
+        magnitude = torch.maximum(ranked[:, :1].abs(), largest).masked_fill(n_neg == 0, 0.0)
+        hinge = dis + self.margin
+        delta = 8 * u * (dis.abs() + abs(self.margin) + magnitude)
+        low = torch.minimum(torch.searchsorted(ranked, (hinge - delta).contiguous()), n_neg)
+        high = torch.searchsorted(ranked, (hinge + delta).contiguous(), right=True)
+        high = torch.minimum(high, n_neg)
+        # negatives before ``low`` violate, from ``high`` on they do not; halve the rest
         last_col = ranked.shape[1] - 1
-        for _ in range(_MAX_BOUNDARY_STEPS):
-            nxt = ranked.gather(1, count.clamp(max=last_col))
-            prev = ranked.gather(1, (count - 1).clamp(min=0))
-            up = (count < n_neg) & (self._violation(dis, nxt) > 0)
-            down = (count > 0) & ~(self._violation(dis, prev) > 0)
-            if not bool((up | down).any()):
-                break
-            moved = torch.where(up, torch.searchsorted(ranked, nxt, right=True), count)
-            moved = torch.where(down, torch.searchsorted(ranked, prev), moved)
-            count = torch.minimum(moved, n_neg)
-        return count
+        while True:
+            open_ = low < high
+            if not bool(open_.any()):
+                return low
+            mid = (low + high) // 2
+            violates = self._violation(dis, ranked.gather(1, mid.clamp(max=last_col))) > 0
+            low = torch.where(open_ & violates, mid + 1, low)
+            high = torch.where(open_ & ~violates, mid, high)
 
     def _chunked(self, dis, ref_dis, pos, neg):
         """Sum and count of the non-zero terms over all triplets, chunk by chunk."""
