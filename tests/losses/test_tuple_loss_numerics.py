@@ -139,3 +139,14 @@ def test_finite_in_every_dtype_and_half_precision_matches_float32(batch, name, m
         _assert_half_matches_float32(grad, grad32)
         if ref_grad is not None:
             _assert_half_matches_float32(ref_grad, ref_grad32)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_rows_whose_sum_overflows_give_a_finite_loss(dtype):
+    # finite float16 rows of norm 1000: their plain sum overflows, which must not turn the
+    # zero that keeps the graph into NaN (inf * 0)
+    big = torch.full((4, 512), 1000.0, dtype=dtype, requires_grad=True)
+    other = torch.randn(4, 512, generator=torch.Generator().manual_seed(2)).to(dtype)
+    loss = ContrastiveLoss().forward_pairs(big, other, torch.tensor([1, -1, 1, -1]))
+    loss.backward()
+    assert torch.isfinite(loss.float()) and torch.isfinite(big.grad.float()).all()

@@ -12,7 +12,7 @@ ref_labels=None)``:
 
 Reduction follows pytorch-metric-learning's default ``AvgNonZeroReducer``: the mean over the
 terms that are strictly positive. When no term is positive, or the batch holds no valid pair
-or triplet at all, the loss is a zero that keeps the autograd graph (``embeddings.sum() * 0``):
+or triplet at all, the loss is a zero that keeps the autograd graph (``(embeddings * 0).sum()``):
 it ``requires_grad`` when the embeddings do and back-propagates zeros, so a training step never
 needs a special case.
 """
@@ -35,11 +35,15 @@ __all__ = ["TupleLoss", "mean_nonzero", "zero_with_graph"]
 
 
 def zero_with_graph(*tensors: torch.Tensor | None) -> torch.Tensor:
-    """A scalar 0 connected to every given tensor's graph (their gradients are zeros)."""
+    """A scalar 0 connected to every given tensor's graph (their gradients are zeros).
+
+    ``(t * 0).sum()``, not ``t.sum() * 0``: a sum of finite entries can overflow to ``inf``
+    (float16 rows of norm 1000 do), and ``inf * 0`` is NaN.
+    """
     out = None
     for t in tensors:
         if t is not None:
-            term = t.sum() * 0.0
+            term = (t * 0.0).sum()
             out = term if out is None else out + term
     assert out is not None
     return out
