@@ -119,9 +119,7 @@ def _rows_with_duplicates(n, dim, copies, seed, scale=1.0):
     dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
     data=st.data(),
 )
-def test_duplicated_rows_are_exactly_zero_at_any_size(
-    n, dim, seed, normalize, scale, dtype, data
-):
+def test_duplicated_rows_are_exactly_zero_at_any_size(n, dim, seed, normalize, scale, dtype, data):
     # issue 14, defect 3: from 26 rows, duplicated rows were 3.5e-4 to 6.9e-4 apart in float32
     copies = data.draw(st.dictionaries(st.integers(1, n - 1), st.integers(0, n - 1), max_size=8))
     x = _rows_with_duplicates(n, dim, copies, seed, scale).to(dtype)

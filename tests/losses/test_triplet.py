@@ -251,9 +251,7 @@ def _on_the_hinge_batch(dtype):
 @pytest.mark.usefixtures("all_triplet_path")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_triplets_on_the_hinge_count_as_the_index_tuple_path_and_pml_count_them(
-    distance, dtype
-):
+def test_triplets_on_the_hinge_count_as_the_index_tuple_path_and_pml_count_them(distance, dtype):
     # issue 14, defect 2: with more than 16 positives per anchor the labels-only path tested
     # d_an < d_ap + m; a triplet exactly on the hinge then counted differently from the same
     # triplet given as an index tuple (and from pytorch-metric-learning)
@@ -278,9 +276,7 @@ def test_triplets_on_the_hinge_count_as_the_index_tuple_path_and_pml_count_them(
     distance=st.sampled_from(["cosine", "euclidean"]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_sorted_and_chunked_paths_agree_on_ties(
-    levels, n_classes, margin_entries, distance, dtype
-):
+def test_sorted_and_chunked_paths_agree_on_ties(levels, n_classes, margin_entries, distance, dtype):
     # points on a circle at multiples of a fixed angle: many exactly tied distances; the
     # margin is a difference of two of them, so triplets fall on the hinge up to rounding
     angles = torch.tensor(levels, dtype=torch.float64) * 0.3
