@@ -149,32 +149,33 @@ class TripletMarginLoss(TupleLoss):
 
         A negative violates when :meth:`_violation` is positive, the very value the chunked
         paths (and pytorch-metric-learning) test. That value is non-increasing in ``D(a, n)``
-        (rounding is monotonic), so the violating negatives are a prefix of ``ranked``. Binary
-        searches for ``D(a, p) + margin -+ delta`` bracket the prefix's end, ``delta`` bounding
-        the rounding of the test (``8 u (|D(a, p)| + |margin| + max |D(a, n)|)``); a bisection
-        on the test itself then settles the bracket, which holds the negatives within
-        rounding of the hinge: usually none, so it rarely takes a step.
+        (rounding is monotonic), so the violating negatives are a prefix of ``ranked``. A
+        binary search for ``D(a, p) + margin`` gives its end up to rounding; the test itself
+        then checks the negatives on either side of that end, and the entries where it
+        disagrees (negatives within rounding of the hinge) are bisected with the test alone.
 
         Shapes: ``dis`` and ``ranked`` ``(B, R)``, ``n_neg`` ``(B, 1)``; returns ``(B, R)`` long.
         """
-        u = torch.finfo(dis.dtype).eps / 2
-        largest = ranked.gather(1, (n_neg - 1).clamp(min=0)).abs()
-        magnitude = torch.maximum(ranked[:, :1].abs(), largest).masked_fill(n_neg == 0, 0.0)
-        hinge = dis + self.margin
-        delta = 8 * u * (dis.abs() + abs(self.margin) + magnitude)
-        low = torch.minimum(torch.searchsorted(ranked, (hinge - delta).contiguous()), n_neg)
-        high = torch.searchsorted(ranked, (hinge + delta).contiguous(), right=True)
-        high = torch.minimum(high, n_neg)
-        # negatives before ``low`` violate, from ``high`` on they do not; halve the rest
+        count = torch.searchsorted(ranked, (dis + self.margin).contiguous())
+        count = torch.minimum(count, n_neg)
         last_col = ranked.shape[1] - 1
-        while True:
-            open_ = low < high
-            if not bool(open_.any()):
-                return low
+        after = ranked.gather(1, count.clamp(max=last_col))
+        before = ranked.gather(1, (count - 1).clamp(min=0))
+        wrong = (count < n_neg) & (self._violation(dis, after) > 0)
+        wrong |= (count > 0) & ~(self._violation(dis, before) > 0)
+        if not bool(wrong.any()):
+            return count
+        rows, cols = wrong.nonzero(as_tuple=True)
+        d_ap = dis[rows, cols]
+        low = torch.zeros_like(rows)
+        high = n_neg[rows, 0]
+        for _ in range(ranked.shape[1].bit_length()):  # halves every open interval
             mid = (low + high) // 2
-            violates = self._violation(dis, ranked.gather(1, mid.clamp(max=last_col))) > 0
+            violates = self._violation(d_ap, ranked[rows, mid.clamp(max=last_col)]) > 0
+            open_ = low < high
             low = torch.where(open_ & violates, mid + 1, low)
             high = torch.where(open_ & ~violates, mid, high)
+        return count.index_put_((rows, cols), low)
 
     def _chunked(self, dis, ref_dis, pos, neg):
         """Sum and count of the non-zero terms over all triplets, chunk by chunk."""
