@@ -38,6 +38,23 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 18
 SORTED_MIN_POSITIVES_PER_ANCHOR = 16
 
 
+def _rows_of_positives(dis: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's positive entries of ``dis``, packed to the left of a ``(B, P)`` matrix.
+
+    ``P`` is the largest number of positives of an anchor; returns the packed values
+    (differentiable, 0 in the padding) and the mask of real entries.
+    """
+    slot = torch.cumsum(pos, dim=1) - 1
+    width = max(1, int(slot[:, -1].max()) + 1) if pos.shape[1] else 1
+    rows, cols = pos.nonzero(as_tuple=True)
+    index = (rows, slot[rows, cols])
+    packed = dis.new_zeros(pos.shape[0], width).index_put(index, dis[rows, cols])
+    valid = torch.zeros_like(packed, dtype=torch.bool).index_put_(
+        index, torch.ones_like(rows, dtype=torch.bool)
+    )
+    return packed, valid
+
+
 class TripletMarginLoss(TupleLoss):
     r"""Triplet loss :math:`[D(a,p) - D(a,n) + \text{margin}]_+`, mean over non-zero triplets.
 
@@ -137,10 +154,11 @@ class TripletMarginLoss(TupleLoss):
         nearest = ranked[:, :1].masked_fill(n_neg == 0, 0.0)
         shifted = (ranked - nearest).masked_fill(cols.unsqueeze(0) >= n_neg, 0.0)
         prefix_sums = torch.cumsum(shifted, dim=1)
-        count = self._violating_prefix(dis.detach(), ranked.detach().contiguous(), n_neg)
-        count = count.masked_fill(~pos, 0)
+        d_ap, valid = _rows_of_positives(dis, pos)
+        count = self._violating_prefix(d_ap.detach(), ranked.detach().contiguous(), n_neg)
+        count = count.masked_fill(~valid, 0)
         last = prefix_sums.gather(1, (count - 1).clamp(min=0))
-        per_pair = count.to(dis.dtype) * self._violation(dis, nearest) - last
+        per_pair = count.to(dis.dtype) * self._violation(d_ap, nearest) - last
         total = torch.where(count > 0, per_pair, torch.zeros_like(per_pair)).sum()
         return total, count.sum()
 
@@ -154,7 +172,8 @@ class TripletMarginLoss(TupleLoss):
         then checks the negatives on either side of that end, and the entries where it
         disagrees (negatives within rounding of the hinge) are bisected with the test alone.
 
-        Shapes: ``dis`` and ``ranked`` ``(B, R)``, ``n_neg`` ``(B, 1)``; returns ``(B, R)`` long.
+        Shapes: ``dis`` ``(B, P)``, ``ranked`` ``(B, R)``, ``n_neg`` ``(B, 1)``; returns ``(B, P)``
+        long.
         """
         count = torch.searchsorted(ranked, (dis + self.margin).contiguous())
         count = torch.minimum(count, n_neg)
