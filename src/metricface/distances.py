@@ -173,22 +173,23 @@ def _l2_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     d = torch.cdist(xc, yc, p=2)
     if d.numel() == 0:
         return d
-    if same:  # a row and itself: exactly 0, no need to look
-        zeros = d.new_zeros(d.shape[0])
-        d = d.diagonal_scatter(zeros) if d.requires_grad else d.fill_diagonal_(0.0)
     with torch.no_grad():
         factor = _gram_error_factor(x.shape[1], x.dtype, x.device)
         sq_x = xc.square().sum(dim=1)
         sq_y = sq_x if same else yc.square().sum(dim=1)
-        # one pass against the largest bound; the per-entry bound only where it might matter
-        close = d <= (factor * (sq_x.max() + sq_y.max())).sqrt()
-        if same:
-            close.fill_diagonal_(False)
-        if int(torch.count_nonzero(close)) == 0:
-            return d
-        close &= d.square() <= factor * (sq_x[:, None] + sq_y[None, :])
-        count = int(torch.count_nonzero(close))
-    if count == 0:
+        largest_bound = (factor * (sq_x.max() + sq_y.max())).sqrt()
+    if same:  # a row and itself: exactly 0, set below; the search skips them
+        inf = d.new_full((d.shape[0],), float("inf"))
+        d = d.diagonal_scatter(inf) if d.requires_grad else d.fill_diagonal_(float("inf"))
+    with torch.no_grad():
+        # one reduction against the largest bound; the per-entry bound only where it matters
+        suspect = bool(d.amin() <= largest_bound)
+        if suspect:
+            close = d.square() <= factor * (sq_x[:, None] + sq_y[None, :])
+            count = int(torch.count_nonzero(close))
+        if same:  # the zero gradient there comes from diagonal_scatter
+            d.fill_diagonal_(0.0)
+    if not suspect or count == 0:
         return d
     if count * _DENSE_RECOMPUTE_FRACTION > d.numel():  # e.g. many copies of a few rows
         return torch.cdist(xc, yc, p=2, compute_mode="donot_use_mm_for_euclid_dist")
