@@ -16,6 +16,8 @@ embedding heads and the metrics follow, so that a numerics fix is made once:
 * **cosines** (:func:`clamp_cos`): clamped to ``[-1, 1]`` with an identity gradient;
 * **casting back** (:func:`cast_finite`): a gradient computed in float32 is cast to the input's
   dtype, saturating at that dtype's largest finite value instead of overflowing to infinity;
+  :func:`to_compute_dtype` is the differentiable cast into the compute dtype whose backward
+  pass does exactly that, for paths that let autograd differentiate them;
 * **reductions** (:data:`REDUCTIONS`, :func:`check_reduction`, :func:`apply_reduction`).
 """
 
@@ -36,6 +38,7 @@ __all__ = [
     "inverse_norms",
     "inverse_norms_backward_",
     "l2_normalize",
+    "to_compute_dtype",
     "unit_rows",
     "unit_rows_backward",
 ]
@@ -64,11 +67,62 @@ def compute_dtype(*tensors: Tensor | torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+class _ToComputeDtype(torch.autograd.Function):
+    """``x.to(dtype)`` whose backward pass casts the gradient back with :func:`cast_finite`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:  # type: ignore[override]
+        ctx.in_dtype = x.dtype
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return cast_finite(grad, ctx.in_dtype), None
+
+
+def to_compute_dtype(x: Tensor, *others: Tensor | torch.dtype) -> Tensor:
+    """``x`` in :func:`compute_dtype` of ``x`` and ``others``; its gradient saturates on the way back.
+
+    The plain cast ``x.to(torch.float32)`` of a float16 ``x`` casts the float32 gradient back
+    to float16 unguarded, and a gradient above 65504 (that of an all-zero or tiny embedding
+    row through a normalisation, for example) becomes ``inf``. Here it becomes the largest
+    finite value of ``x``'s dtype instead (:func:`cast_finite`). ``x`` is returned itself when
+    it already has the compute dtype.
+
+    Parameters
+    ----------
+    x : Tensor
+        Floating-point tensor.
+    *others : Tensor or torch.dtype
+        Further inputs of the same computation: a float64 one makes the compute dtype float64.
+
+    Returns
+    -------
+    Tensor
+        ``x`` as float32, or float64 when ``x`` or any of ``others`` is float64.
+
+    Examples
+    --------
+    >>> from metricface.numerics import to_compute_dtype
+    >>> x = torch.zeros(2, dtype=torch.float16, requires_grad=True)
+    >>> (to_compute_dtype(x) * 1e6).sum().backward()
+    >>> x.grad
+    tensor([65504., 65504.], dtype=torch.float16)
+    """
+    dtype = compute_dtype(x, *others)
+    if x.dtype == dtype:
+        return x
+    return _ToComputeDtype.apply(x, dtype)
+
+
 def l2_normalize(x: Tensor, dim: int = 1, eps: float = NORM_EPS) -> Tensor:
     """``x / max(||x||, eps)`` along ``dim``, differentiable, in the compute dtype.
 
     :func:`torch.nn.functional.normalize` applied to ``x`` in :func:`compute_dtype` (float32
-    for half precision, so their norms cannot overflow): all-zero rows stay zero.
+    for half precision, so their norms cannot overflow): all-zero rows stay zero. The gradient
+    reaches a half-precision ``x`` through :func:`to_compute_dtype`: finite even where the
+    float32 gradient exceeds the half-precision range (an all-zero row's is ``1 / eps`` times
+    the upstream gradient).
 
     Parameters
     ----------
@@ -84,7 +138,7 @@ def l2_normalize(x: Tensor, dim: int = 1, eps: float = NORM_EPS) -> Tensor:
     Tensor
         Same shape as ``x``, float32 (float64 for float64 input).
     """
-    return F.normalize(x.to(compute_dtype(x)), p=2.0, dim=dim, eps=eps)
+    return F.normalize(to_compute_dtype(x), p=2.0, dim=dim, eps=eps)
 
 
 def unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:

@@ -202,3 +202,16 @@ def test_every_loss_is_finite_with_finite_gradients(labels, seed, duplicates, dt
         if not has_pos and type(loss_fn).__name__ == "TripletMarginLoss":
             assert loss.item() == 0.0 and loss.requires_grad
             assert not xg.grad.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_duplicated_positive_pairs_are_zero_terms_in_large_batches(dtype):
+    # issue 14, defect 3: from 26 rows, the distance of two copies was 3.5e-4 to 6.9e-4, not 0,
+    # so each duplicated positive pair counted as a non-zero term
+    x = torch.randn(20, 512, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    emb = x.repeat_interleave(2, dim=0).requires_grad_(True)  # 40 rows, each identity twice
+    labels = torch.arange(20).repeat_interleave(2)
+    loss = ContrastiveLoss(pos_margin=0.0, neg_margin=0.0)(emb, labels)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(emb.grad, torch.zeros_like(emb.grad))

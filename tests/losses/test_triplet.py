@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _pml import assert_matches_peer, batch_factory, peer_distance, pml_losses, pml_miners
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from metricface.distances import pairwise_matrix
 from metricface.losses import TripletMarginLoss
 from metricface.losses import triplet as triplet_module
 from metricface.miners import BatchHardMiner, TripletMarginMiner
@@ -231,3 +234,84 @@ def test_input_errors():
         TripletMarginLoss(distance="manhattan")
     with pytest.raises(TypeError, match="swap must be a bool"):
         TripletMarginLoss(swap=1)
+
+
+def _on_the_hinge_batch(dtype):
+    """Three identities whose anchor-negative cosines put triplets on and off the hinge.
+
+    Identity 0 at (1, 0), 1 at (0.8, 0.6) and 2 at (0.6, 0.8), 20 copies each: with cosine
+    similarity and margin 0.2, ``s_an - s_ap + m`` is ``0.8 - 1 + 0.2`` (the hinge, rounded to
+    a tiny positive or zero), ``0.96 - 1 + 0.2 = 0.16`` or negative.
+    """
+    points = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]], dtype=torch.float64)
+    x = points.repeat_interleave(20, dim=0).to(dtype)
+    return x, torch.arange(3).repeat_interleave(20)
+
+
+@pytest.mark.usefixtures("all_triplet_path")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_triplets_on_the_hinge_count_as_the_index_tuple_path_and_pml_count_them(distance, dtype):
+    # issue 14, defect 2: with more than 16 positives per anchor the labels-only path tested
+    # d_an < d_ap + m; a triplet exactly on the hinge then counted differently from the same
+    # triplet given as an index tuple (and from pytorch-metric-learning)
+    x, y = _on_the_hinge_batch(dtype)
+    same = y[:, None] == y[None, :]
+    positive = same & ~torch.eye(len(y), dtype=torch.bool)
+    a, p, n = (positive[:, :, None] & ~same[:, None, :]).nonzero(as_tuple=True)
+    loss_fn = TripletMarginLoss(margin=0.2, distance=distance)
+    labels_only = loss_fn(x, y)
+    as_tuples = loss_fn(x, y, indices_tuple=(a, p, n))
+    peer = _peer(distance, margin=0.2)(x, y)
+    # summation order only: a triplet counted on one side alone moves the mean by over 1 %
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(labels_only, as_tuples, rtol=rtol, atol=0)
+    torch.testing.assert_close(labels_only, peer, rtol=1e-6, atol=0)
+
+
+@given(
+    levels=st.lists(st.integers(0, 8), min_size=4, max_size=40),
+    n_classes=st.integers(2, 4),
+    margin_entries=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
+    distance=st.sampled_from(["cosine", "euclidean"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_sorted_and_chunked_paths_agree_on_ties(levels, n_classes, margin_entries, distance, dtype):
+    # points on a circle at multiples of a fixed angle: many exactly tied distances; the
+    # margin is a difference of two of them, so triplets fall on the hinge up to rounding
+    angles = torch.tensor(levels, dtype=torch.float64) * 0.3
+    x = torch.stack([angles.cos(), angles.sin()], dim=1).to(dtype)
+    y = torch.arange(len(levels)) % n_classes
+    mat = pairwise_matrix(x, None, distance).flatten()
+    i, j = (k % mat.numel() for k in margin_entries)
+    margin = abs(float(mat[i]) - float(mat[j]))
+    same = y[:, None] == y[None, :]
+    positive = same & ~torch.eye(len(y), dtype=torch.bool)
+    tuples = (positive[:, :, None] & ~same[:, None, :]).nonzero(as_tuple=True)
+    saved = triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR
+    triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = -1
+    try:
+        sorted_loss = TripletMarginLoss(margin=margin, distance=distance)(x, y)
+    finally:
+        triplet_module.SORTED_MIN_POSITIVES_PER_ANCHOR = saved
+    chunked = TripletMarginLoss(margin=margin, distance=distance)(x, y, indices_tuple=tuples)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(sorted_loss, chunked, rtol=tol, atol=1e-30)
+
+
+def test_sorted_path_settles_many_negatives_within_rounding_of_the_hinge():
+    # cosine, margin 0.5: the positives' similarity 0.5 puts the hinge of anchor e0 at
+    # similarity 0, where 100 negatives lie within float32 rounding of it (k * 1e-10); the
+    # sorted path must count exactly the triplets the index-tuple path counts
+    rows = [[1.0, 0, 0, 0]] + [[0.5, 0, math.sqrt(0.75), 0]] * 20
+    rows += [[k * 1e-10, math.sqrt(1 - (k * 1e-10) ** 2), 0, 0] for k in range(1, 101)]
+    rows += [[0, 0, 0, 1.0], [0, 0, 0, -1.0], [0, 0, 0, 1.0]]  # one real violation elsewhere
+    x = torch.tensor(rows, dtype=torch.float64).float()
+    y = torch.tensor([0] * 21 + [1] * 100 + [2, 2, 3])
+    same = y[:, None] == y[None, :]
+    positive = same & ~torch.eye(len(y), dtype=torch.bool)
+    tuples = (positive[:, :, None] & ~same[:, None, :]).nonzero(as_tuple=True)
+    loss_fn = TripletMarginLoss(margin=0.5, distance="cosine")
+    labels_only = loss_fn(x, y)
+    torch.testing.assert_close(labels_only, loss_fn(x, y, indices_tuple=tuples), rtol=1e-6, atol=0)
+    torch.testing.assert_close(labels_only, _peer("cosine", margin=0.5)(x, y), rtol=1e-6, atol=0)

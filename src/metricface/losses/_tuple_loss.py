@@ -12,7 +12,7 @@ ref_labels=None)``:
 
 Reduction follows pytorch-metric-learning's default ``AvgNonZeroReducer``: the mean over the
 terms that are strictly positive. When no term is positive, or the batch holds no valid pair
-or triplet at all, the loss is a zero that keeps the autograd graph (``embeddings.sum() * 0``):
+or triplet at all, the loss is a zero that keeps the autograd graph (``(embeddings * 0).sum()``):
 it ``requires_grad`` when the embeddings do and back-propagates zeros, so a training step never
 needs a special case.
 """
@@ -28,17 +28,22 @@ from metricface._validation import (
     check_reference_set,
 )
 from metricface.distances import check_distance, pairwise_matrix
+from metricface.numerics import to_compute_dtype
 from metricface.tuples import check_indices_tuple, label_masks
 
 __all__ = ["TupleLoss", "mean_nonzero", "zero_with_graph"]
 
 
 def zero_with_graph(*tensors: torch.Tensor | None) -> torch.Tensor:
-    """A scalar 0 connected to every given tensor's graph (their gradients are zeros)."""
+    """A scalar 0 connected to every given tensor's graph (their gradients are zeros).
+
+    ``(t * 0).sum()``, not ``t.sum() * 0``: a sum of finite entries can overflow to ``inf``
+    (float16 rows of norm 1000 do), and ``inf * 0`` is NaN.
+    """
     out = None
     for t in tensors:
         if t is not None:
-            term = t.sum() * 0.0
+            term = (t * 0.0).sum()
             out = term if out is None else out + term
     assert out is not None
     return out
@@ -111,6 +116,16 @@ class TupleLoss(nn.Module):
         labels, indices_tuple, ref_labels = self._check(
             embeddings, labels, indices_tuple, ref_emb, ref_labels
         )
+        # one cast into the compute dtype per input, however many paths use it: their
+        # gradients add up in float32 and are cast back once, saturating (cast_finite)
+        in_dtype = embeddings.dtype
+        if ref_emb is None:
+            embeddings = to_compute_dtype(embeddings)
+        else:
+            embeddings, ref_emb = (
+                to_compute_dtype(embeddings, ref_emb),
+                to_compute_dtype(ref_emb, embeddings),
+            )
         mat = pairwise_matrix(embeddings, ref_emb, self.distance)
         if indices_tuple is None:
             pos, neg = label_masks(labels, ref_labels if ref_emb is not None else None)
@@ -120,7 +135,7 @@ class TupleLoss(nn.Module):
         loss = zero_with_graph(embeddings, ref_emb).to(mat.dtype)
         for total, count in groups:
             loss = loss + total / count.clamp(min=1)  # total is 0 when count is 0
-        return loss.to(embeddings.dtype)
+        return loss.to(in_dtype)
 
     def _groups_from_masks(self, mat, pos, neg, embeddings, ref_emb):
         raise NotImplementedError

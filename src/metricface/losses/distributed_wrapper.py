@@ -12,6 +12,11 @@ gradients over ranks, so the parameters follow exactly ``dL/dw`` - the same step
 holding the concatenated batch. (Without DDP's averaging, divide the loss by the world size
 before ``backward``.)
 
+Half precision: the embeddings are gathered in float32
+(:func:`metricface.numerics.to_compute_dtype`), so the ranks' gradients are summed in float32
+and cast back once, saturating at the largest finite value (a float16 sum of gradients that
+each saturate would overflow to ``inf``).
+
 Cost: every rank mines and evaluates the full ``(sum_r B_r)^2`` problem; for the losses here
 that is O(B^2) memory and cheap next to the network. Random miners (``max_triplets``,
 :class:`~metricface.miners.DistanceWeightedMiner`) select the same tuples on every rank only
@@ -26,6 +31,7 @@ from torch import nn
 
 from metricface._validation import check_embeddings, check_labels
 from metricface.distributed import all_gather_with_grad
+from metricface.numerics import to_compute_dtype
 
 __all__ = ["DistributedLossWrapper"]
 
@@ -79,11 +85,12 @@ class DistributedLossWrapper(nn.Module):
         Returns
         -------
         torch.Tensor
-            The scalar loss of the concatenated batch (identical on every rank).
+            The scalar loss of the concatenated batch (identical on every rank), in
+            ``embeddings.dtype``.
         """
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
-        all_emb = all_gather_with_grad(embeddings, self.group)
+        all_emb = all_gather_with_grad(to_compute_dtype(embeddings), self.group)
         all_labels = all_gather_with_grad(labels.to(embeddings.device), self.group)
         indices = None if self.miner is None else self.miner(all_emb, all_labels)
-        return self.loss(all_emb, all_labels, indices_tuple=indices)
+        return self.loss(all_emb, all_labels, indices_tuple=indices).to(embeddings.dtype)

@@ -38,6 +38,23 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 18
 SORTED_MIN_POSITIVES_PER_ANCHOR = 16
 
 
+def _rows_of_positives(dis: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's positive entries of ``dis``, packed to the left of a ``(B, P)`` matrix.
+
+    ``P`` is the largest number of positives of an anchor; returns the packed values
+    (differentiable, 0 in the padding) and the mask of real entries.
+    """
+    slot = torch.cumsum(pos, dim=1) - 1
+    width = max(1, int(slot[:, -1].max()) + 1) if pos.shape[1] else 1
+    rows, cols = pos.nonzero(as_tuple=True)
+    index = (rows, slot[rows, cols])
+    packed = dis.new_zeros(pos.shape[0], width).index_put(index, dis[rows, cols])
+    valid = torch.zeros_like(packed, dtype=torch.bool).index_put_(
+        index, torch.ones_like(rows, dtype=torch.bool)
+    )
+    return packed, valid
+
+
 class TripletMarginLoss(TupleLoss):
     r"""Triplet loss :math:`[D(a,p) - D(a,n) + \text{margin}]_+`, mean over non-zero triplets.
 
@@ -121,31 +138,81 @@ class TripletMarginLoss(TupleLoss):
         return [self._chunked(dis, self._ref_dis(dis, ref_emb) if self.swap else dis, pos, neg)]
 
     def _sorted_hinge(self, dis, pos, neg):
-        """Sum and count of the non-zero hinge terms over all triplets, O(B * R) memory."""
+        """Sum and count of the non-zero hinge terms over all triplets, O(B * R) memory.
+
+        With ``n_0`` the anchor's nearest negative, the terms of the ``c`` violating negatives
+        sum to ``c * v(a, p, n_0) - sum_n (D(a, n) - D(a, n_0))``, where ``v`` is
+        :meth:`_violation` (rounded as a single term is) and the shifted distances are
+        non-negative prefix sums: no cancellation against the distances' magnitude, and
+        terms equal to the nearest one (ties on the hinge included) are summed exactly as the
+        chunked paths sum them.
+        """
         inf = torch.finfo(dis.dtype).max
         ranked, _ = torch.sort(dis.masked_fill(~neg, inf), dim=1)
+        n_neg = neg.sum(dim=1, keepdim=True)
         cols = torch.arange(dis.shape[1], device=dis.device)
-        finite = cols.unsqueeze(0) < neg.sum(dim=1, keepdim=True)
-        prefix_sums = torch.cumsum(ranked.masked_fill(~finite, 0.0), dim=1)
-        threshold = dis + self.margin  # a negative violates iff D(a, n) < D(a, p) + margin
-        count = torch.searchsorted(ranked.detach().contiguous(), threshold.detach().contiguous())
-        count = count.masked_fill(~pos, 0)
+        nearest = ranked[:, :1].masked_fill(n_neg == 0, 0.0)
+        shifted = (ranked - nearest).masked_fill(cols.unsqueeze(0) >= n_neg, 0.0)
+        prefix_sums = torch.cumsum(shifted, dim=1)
+        d_ap, valid = _rows_of_positives(dis, pos)
+        count = self._violating_prefix(d_ap.detach(), ranked.detach().contiguous(), n_neg)
+        count = count.masked_fill(~valid, 0)
         last = prefix_sums.gather(1, (count - 1).clamp(min=0))
-        active = count > 0
-        per_pair = count.to(dis.dtype) * threshold - last
-        total = torch.where(active, per_pair, torch.zeros_like(per_pair)).sum()
+        per_pair = count.to(dis.dtype) * self._violation(d_ap, nearest) - last
+        total = torch.where(count > 0, per_pair, torch.zeros_like(per_pair)).sum()
         return total, count.sum()
+
+    def _violating_prefix(self, dis, ranked, n_neg):
+        """For every entry ``D(a, p)`` of ``dis``: how many of ``a``'s sorted negatives violate.
+
+        A negative violates when :meth:`_violation` is positive, the very value the chunked
+        paths (and pytorch-metric-learning) test. That value is non-increasing in ``D(a, n)``
+        (rounding is monotonic), so the violating negatives are a prefix of ``ranked``. A
+        binary search for ``D(a, p) + margin`` gives its end up to rounding; the test itself
+        then checks the negatives on either side of that end, and the entries where it
+        disagrees (negatives within rounding of the hinge) are bisected with the test alone.
+
+        Shapes: ``dis`` ``(B, P)``, ``ranked`` ``(B, R)``, ``n_neg`` ``(B, 1)``; returns ``(B, P)``
+        long.
+        """
+        count = torch.searchsorted(ranked, (dis + self.margin).contiguous())
+        count = torch.minimum(count, n_neg)
+        last_col = ranked.shape[1] - 1
+        after = ranked.gather(1, count.clamp(max=last_col))
+        before = ranked.gather(1, (count - 1).clamp(min=0))
+        wrong = (count < n_neg) & (self._violation(dis, after) > 0)
+        wrong |= (count > 0) & ~(self._violation(dis, before) > 0)
+        if not bool(wrong.any()):
+            return count
+        rows, cols = wrong.nonzero(as_tuple=True)
+        d_ap = dis[rows, cols]
+        low = torch.zeros_like(rows)
+        high = n_neg[rows, 0]
+        for _ in range(ranked.shape[1].bit_length()):  # halves every open interval
+            mid = (low + high) // 2
+            violates = self._violation(d_ap, ranked[rows, mid.clamp(max=last_col)]) > 0
+            open_ = low < high
+            low = torch.where(open_ & violates, mid + 1, low)
+            high = torch.where(open_ & ~violates, mid, high)
+        return count.index_put_((rows, cols), low)
 
     def _chunked(self, dis, ref_dis, pos, neg):
         """Sum and count of the non-zero terms over all triplets, chunk by chunk."""
         plan = _AllTriplets(pos, neg, max(1, self.chunk_elements // dis.shape[1]))
         return _ChunkedTripletSum.apply(dis, ref_dis, plan, self)
 
+    def _violation(self, d_ap: torch.Tensor, d_an: torch.Tensor) -> torch.Tensor:
+        """``D(a, p) - D(a, n) + margin``, rounded as every path (and the peer) rounds it.
+
+        A triplet is a non-zero term exactly when this value is positive (for the hinge).
+        """
+        return d_ap - d_an + self.margin
+
     def _block(self, d_ap, d_an, d_pn, valid):
         """Sum and count of the non-zero terms of a block of triplets (shapes broadcast)."""
         if self.swap:
             d_an = torch.minimum(d_an, d_pn)
-        terms = self._terms(d_ap - d_an + self.margin)
+        terms = self._terms(self._violation(d_ap, d_an))
         keep = terms > 0 if valid is None else valid & (terms > 0)
         return torch.where(keep, terms, torch.zeros_like(terms)).sum(), keep.sum()
 
