@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "check_indices_tuple",
     "empty_tuple",
+    "entries_by_row",
     "label_masks",
     "pairs_to_triplets",
     "to_pairs",
@@ -35,6 +36,26 @@ IndexTuple = tuple[torch.Tensor, ...]
 def empty_tuple(size: int, device: torch.device | str | None = None) -> IndexTuple:
     """``size`` empty LongTensors (3 for triplets, 4 for pairs)."""
     return tuple(torch.empty(0, dtype=torch.long, device=device) for _ in range(size))
+
+
+def entries_by_row(
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The ``True`` entries of a ``(B, R)`` mask, row-major, each with its slot in its row.
+
+    Returns ``(rows, cols, slot, width)``: ``(rows[i], cols[i])`` is the ``i``-th entry and
+    ``slot[i]`` the number of entries of its row before it, so ``(rows, slot)`` packs every
+    row's entries to the left of a ``(B, width)`` matrix; ``width`` is the largest number of
+    entries in a row (0 for an all-false mask). Miners and losses use it to work on each
+    anchor's positives (or draws) as one padded matrix instead of ``(B, R)``.
+    """
+    rows, cols = mask.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return rows, cols, rows.clone(), 0
+    per_row = torch.bincount(rows, minlength=mask.shape[0])
+    first = torch.cumsum(per_row, 0) - per_row  # index of each row's first entry
+    slot = torch.arange(rows.numel(), device=rows.device) - first[rows]
+    return rows, cols, slot, int(per_row.max())
 
 
 def label_masks(

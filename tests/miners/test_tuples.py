@@ -16,7 +16,7 @@ from metricface.miners import (
     SemiHardMiner,
     TripletMarginMiner,
 )
-from metricface.tuples import check_indices_tuple, pairs_to_triplets, to_pairs
+from metricface.tuples import check_indices_tuple, entries_by_row, pairs_to_triplets, to_pairs
 
 lmu = pytest.importorskip("pytorch_metric_learning.utils.loss_and_miner_utils")
 
@@ -88,3 +88,21 @@ def test_check_indices_tuple_messages():
         check_indices_tuple((t([0]), t([1]), t([0]), t([3])), 5, 3)
     ok = check_indices_tuple((t([0], dtype=torch.int32), t([1]), t([2])), 3, 3)
     assert all(u.dtype == torch.long for u in ok)
+
+
+@given(
+    rows=st.integers(0, 6),
+    cols=st.integers(0, 6),
+    seed=st.integers(0, 2**16),
+    density=st.floats(0.0, 1.0),
+)
+def test_entries_by_row_packs_each_row_to_the_left(rows, cols, seed, density):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density
+    r, c, slot, width = entries_by_row(mask)
+    # written from the definition: each row's True columns, in order, at slots 0, 1, ...
+    expected = [
+        (i, j, k) for i in range(rows) for k, j in enumerate(mask[i].nonzero().flatten().tolist())
+    ]
+    assert list(zip(r.tolist(), c.tolist(), slot.tolist())) == expected
+    assert width == max((int(row.sum()) for row in mask), default=0)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from metricface._validation import check_scalar
 from metricface.distances import pairwise_matrix
 from metricface.losses._tuple_loss import TupleLoss
-from metricface.tuples import to_triplets
+from metricface.tuples import entries_by_row, to_triplets
 
 __all__ = ["TripletMarginLoss"]
 
@@ -44,11 +44,9 @@ def _rows_of_positives(dis: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tens
     ``P`` is the largest number of positives of an anchor; returns the packed values
     (differentiable, 0 in the padding) and the mask of real entries.
     """
-    slot = torch.cumsum(pos, dim=1) - 1
-    width = max(1, int(slot[:, -1].max()) + 1) if pos.shape[1] else 1
-    rows, cols = pos.nonzero(as_tuple=True)
-    index = (rows, slot[rows, cols])
-    packed = dis.new_zeros(pos.shape[0], width).index_put(index, dis[rows, cols])
+    rows, cols, slot, width = entries_by_row(pos)
+    index = (rows, slot)
+    packed = dis.new_zeros(pos.shape[0], max(width, 1)).index_put(index, dis[rows, cols])
     valid = torch.zeros_like(packed, dtype=torch.bool).index_put_(
         index, torch.ones_like(rows, dtype=torch.bool)
     )

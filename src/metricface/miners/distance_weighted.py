@@ -7,6 +7,7 @@ import torch
 
 from metricface._validation import check_embeddings, check_scalar
 from metricface.miners.base import DEFAULT_CHUNK_ELEMENTS, BaseMiner
+from metricface.tuples import entries_by_row
 
 __all__ = ["DistanceWeightedMiner"]
 
@@ -71,16 +72,12 @@ class DistanceWeightedMiner(BaseMiner):
         logw = self.log_weights(dis, neg)
         has_neg = torch.isfinite(logw).any(dim=1)
         probs = torch.softmax(logw.masked_fill(~has_neg.unsqueeze(1), 0.0), dim=1)
-        a, p = (pos & has_neg.unsqueeze(1)).nonzero(as_tuple=True)  # row-major
+        a, p, slot, width = entries_by_row(pos & has_neg.unsqueeze(1))  # row-major
         if a.numel() == 0:
             return self._cap((a, p, p.clone()))
         # every positive pair of an anchor draws from the same weights: draw as many as the
         # anchor has pairs, once per anchor, O(B R) instead of O(#pairs x R)
-        per_anchor = torch.bincount(a, minlength=dis.shape[0])
-        draws = torch.multinomial(probs, int(per_anchor.max()), replacement=True)
-        slot = (
-            torch.arange(a.numel(), device=a.device) - (torch.cumsum(per_anchor, 0) - per_anchor)[a]
-        )
+        draws = torch.multinomial(probs, width, replacement=True)
         return self._cap((a, p, draws[a, slot]))
 
     def extra_repr(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from metricface.miners.base import _MarginTripletMiner
+from metricface.tuples import entries_by_row
 
 __all__ = ["SemiHardMiner"]
 
@@ -59,15 +60,9 @@ def _nearest_farther_negatives(
     """
     b, r = dis.shape
     device = dis.device
-    a_all, p_all = pos.nonzero(as_tuple=True)  # positive pairs, row-major
+    a_all, p_all, slot, k = entries_by_row(pos)  # positive pairs, row-major
     if a_all.numel() == 0:
         return a_all, p_all, p_all.clone()
-    per_anchor = torch.bincount(a_all, minlength=b)
-    k = int(per_anchor.max())
-    slot = (
-        torch.arange(a_all.numel(), device=device)
-        - (torch.cumsum(per_anchor, 0) - per_anchor)[a_all]
-    )
     inf = float("inf")
     q = torch.full((b, k), inf, dtype=dis.dtype, device=device)
     q[a_all, slot] = dis[a_all, p_all]
