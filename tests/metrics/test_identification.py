@@ -486,3 +486,17 @@ def test_fpir_of_the_wrong_kind_names_fpir(fpir):
 def test_embedding_errors_name_the_arguments(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize(("n_non", "count"), [(3, 1), (1000, 2)])
+def test_fpir_target_just_below_a_count_is_never_exceeded(n_non, count):
+    # a target a hair below count / n_non allows count - 1 false alarms, not count
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(size=(4 + n_non, 2))
+    labels = np.r_[[0, 1, 0, 1], np.full(n_non, 5)]
+    target = count / n_non - 1e-13
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # below the resolution when count is 1
+        res = open_set_identification_from_scores(scores, labels, np.array([0, 1]), fpir=target)
+    assert res.fpir[0] <= target
+    assert res.fpir[0] == (count - 1) / n_non

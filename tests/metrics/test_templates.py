@@ -371,3 +371,31 @@ def test_report_rejects_single_class_pairs():
     features, templates, medias, _, (t1, t2, labels), _, _ = ijb_like()
     with pytest.raises(ValueError, match="genuine and impostor pairs, got 0 genuine"):
         ijb_report(features, templates, medias, pairs=(t1, t2, np.zeros_like(labels)))
+
+
+@pytest.mark.parametrize("value", [2e19, 1e30, 3e38, 1e-23, 1e-40])
+def test_pooling_normalises_float32_images_of_any_finite_norm(value):
+    # a float32 norm overflows beyond 1.8e19 and underflows below 1e-19 per entry: such an
+    # image must still count with unit length, not vanish
+    feats = np.array([[value, value], [0.0, 1.0]], dtype=np.float32)
+    out, _ = template_features(feats, [1, 1], [1, 2], normalize_images=True)
+    expected = reference_pooling(feats, [1, 1], [1, 2], normalize_images=True)[1]
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=1e-6)
+
+
+def test_pooling_sums_float32_features_and_weights_beyond_float32_range():
+    feats = np.array([[2e38, 0.0], [2e38, 0.0]], dtype=np.float32)  # the sum is 4e38
+    out, _ = template_features(feats, [1, 1], [1, 2])
+    np.testing.assert_array_equal(out.numpy(), [[1.0, 0.0]])
+    eye = np.eye(2, dtype=np.float32)
+    out, _ = template_features(eye, [1, 1], [1, 2], weights=[1e40, 1.0])
+    expected = reference_pooling(eye, [1, 1], [1, 2], weights=[1e40, 1.0])[1]
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=1e-6, atol=1e-44)  # subnormal
+
+
+@pytest.mark.parametrize("fpir", ["a", "0.5", None])
+def test_identification_fpir_of_the_wrong_kind_names_fpir(fpir):
+    feats, ids, sets, probes = identification_protocol()
+    with pytest.raises(TypeError, match="fpir must be a number or a 1-d sequence of numbers"):
+        template_identification(feats, ids, *sets["G1"], *probes, fpir=fpir)

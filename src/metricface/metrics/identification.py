@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from metricface._validation import as_tensor, check_finite, check_labels, check_scalar
+from metricface.metrics.verification import _max_false_accepts
 from metricface.numerics import compute_dtype as _compute_dtype
 from metricface.search import Metric
 from metricface.search import check_metric as _check_metric
@@ -429,7 +430,7 @@ def _open_set(
 
     thresholds = np.empty_like(targets)
     for i, a in enumerate(targets):
-        allowed = math.floor(a * n_non + 1e-9)  # false alarms permitted
+        allowed = _max_false_accepts(a, n_non)  # false alarms permitted: c / n_non <= a
         if 0 < a * n_non < 1:
             warnings.warn(
                 f"fpir target {a:g} is below the resolution of {n_non} non-mated probes "

@@ -52,7 +52,12 @@ import torch
 
 from metricface._validation import as_tensor, check_embeddings, check_label_array, check_scalar
 from metricface.metrics._checks import check_far_targets, to_numpy
-from metricface.metrics.identification import OpenSetResult, cmc_curve, open_set_identification
+from metricface.metrics.identification import (
+    OpenSetResult,
+    _fpir_targets,
+    cmc_curve,
+    open_set_identification,
+)
 from metricface.metrics.report import VerificationReport, verification_report
 from metricface.metrics.verification import OperatingPoints, _without_collinear
 from metricface.numerics import unit_rows
@@ -189,13 +194,15 @@ def _pool(
     scale = 1.0 / counts[group]  # mean over the media, then a plain sum over media
     if weights is not None:
         scale = scale * weights
-    dtype = x.dtype
-    scale_t = torch.from_numpy(scale).to(dtype)
-    out = torch.zeros((unique.shape[0], x.shape[1]), dtype=dtype, device=device)
+    # float64 sums: a float32 sum of finite features (or weights) can overflow, and a float32
+    # norm overflows beyond 1.8e19 and underflows below 1e-19 per entry
+    acc = torch.float64
+    scale_t = torch.from_numpy(scale)
+    out = torch.zeros((unique.shape[0], x.shape[1]), dtype=acc, device=device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
         for start in range(0, x.shape[0], chunk_rows):
-            chunk = x[start : start + chunk_rows].to(device=device, dtype=dtype)
+            chunk = x[start : start + chunk_rows].to(device=device, dtype=acc)
             s = scale_t[start : start + chunk_rows]
             if normalize_images:
                 norm = torch.linalg.vector_norm(chunk, dim=1).cpu()
@@ -213,7 +220,12 @@ def _pool(
             ).to(device)
             with torch.autocast(device.type, enabled=False):
                 out += sums @ chunk
-    return _normalized(out, unique, "template"), unique
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            "features times weights overflow float64 when summed into templates; scale them "
+            "down (only their directions matter)"
+        )
+    return _normalized(out, unique, "template").to(x.dtype), unique
 
 
 def _normalized(feats: torch.Tensor, ids: np.ndarray, what: str) -> torch.Tensor:
@@ -463,10 +475,7 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _fpir(fpir: Any) -> tuple[float, ...]:
-    targets = np.atleast_1d(np.asarray(fpir, dtype=np.float64))
-    if targets.ndim != 1 or targets.size == 0 or not np.all((targets >= 0) & (targets <= 1)):
-        raise ValueError(f"fpir must be one or more numbers in [0, 1], got {fpir!r}")
-    return tuple(targets.tolist())
+    return tuple(_fpir_targets(fpir).tolist())
 
 
 def _subject_rows(index: _TemplateIndex, sets: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
