@@ -107,6 +107,18 @@ def test_user_mistakes_are_one_line_errors(tree, tmp_path, capsys, monkeypatch):
     assert "neither a .rec file nor a folder" in capsys.readouterr().err
 
 
+def test_a_second_pack_in_one_folder_keeps_the_first_packs_property(tree, tmp_path, capsys):
+    # property is one file per folder: packing another set beside a pack must not replace it
+    root, _ = tree
+    assert main(["pack-rec", str(root), str(tmp_path / "train.rec"), "--quiet"]) == 0
+    before = (tmp_path / "property").read_text()
+    assert main(["pack-rec", str(root), str(tmp_path / "val.rec"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "property' exists" in err and "--force" in err and err.count("\n") == 1
+    assert (tmp_path / "property").read_text() == before
+    assert not (tmp_path / "val.rec").exists()
+
+
 def test_unpack_leaves_out_records_of_unknown_format(tmp_path, capsys):
     rec = tmp_path / "x.rec"
     write_record_pack(rec, [(_image(0), 0), (b"BM not an image we store", 1)], write_property=False)

@@ -34,6 +34,22 @@ def test_read_media(tmp_path):
     assert medias.tolist() == [69544, 3720, 3720, 69544, 187029]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        MEDIA + "\n",  # a trailing blank line
+        MEDIA.replace("\n", "\n\n", 1),  # a blank line inside
+        "\ufeff" + MEDIA,  # a UTF-8 byte-order mark
+        MEDIA.replace("\n", "\r\n"),
+    ],
+)
+def test_media_files_tolerate_blank_lines_and_a_byte_order_mark(tmp_path, text):
+    (tmp_path / "m.txt").write_text(text, encoding="utf-8")
+    names, templates, _ = read_ijb_media(tmp_path / "m.txt")
+    assert names.tolist() == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"]
+    assert templates.tolist() == [1, 1, 1, 2, 171707]
+
+
 def test_read_pairs(tmp_path):
     (tmp_path / "pairs.txt").write_text(PAIRS)
     t1, t2, labels = read_ijb_pairs(tmp_path / "pairs.txt")
@@ -43,10 +59,16 @@ def test_read_pairs(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["1 2 1\n3 4 0", "1\t2\t1\r\n3\t4\t0\r\n", "1 2 1\n\n3 4 0\n", "  1   2 1\n3 4 0\n"],
+    [
+        "1 2 1\n3 4 0",
+        "1\t2\t1\r\n3\t4\t0\r\n",
+        "1 2 1\n\n3 4 0\n",
+        "  1   2 1\n3 4 0\n",
+        "\ufeff1 2 1\n3 4 0\n\n",
+    ],
 )
 def test_pairs_tolerate_whitespace_variants(tmp_path, text):
-    (tmp_path / "p.txt").write_text(text)
+    (tmp_path / "p.txt").write_text(text, encoding="utf-8")
     pairs = read_ijb_pairs(tmp_path / "p.txt")
     assert pairs.t1.tolist() == [1, 3] and pairs.labels.tolist() == [True, False]
 
@@ -69,7 +91,7 @@ def test_pairs_match_a_reference_parser_on_a_large_file(tmp_path):
         ("1 2 1\n3 4 0\n5 6\n", r"p\.txt: expected lines .*columns changed from 3 to 2 at row 3"),
         ("1 2 1\n3 x 0\n", r"p\.txt: .*could not convert string 'x'"),
         ("1 2 1 9\n", r"p\.txt: .*got 4 fields"),
-        ("1 2 3\n", r"p\.txt: labels must be 0 or 1, got 3 on line 1"),
+        ("1 2 3\n", r"p\.txt: labels must be 0 or 1, got 3 in row 1"),
         ("", r"p\.txt: expected lines"),
         ("1 2 1.5\n", r"p\.txt: .*'1\.5'"),
     ],
@@ -85,7 +107,8 @@ def test_bad_pair_files_name_file_and_line(tmp_path, text, message):
     [
         ("1.jpg 1\n", "m.txt: expected lines 'image_name template_id media_id'"),
         ("1.jpg one 2\n", "m.txt: .*'one'"),
-        ("1.jpg 1 2 extra\n", "m.txt: .*got 4 fields on line 1"),
+        ("1.jpg 1 2 extra\n", "m.txt: .*got 4 fields per line"),
+        ("1.jpg 1 2\n2.jpg 1 2 extra\n", "m.txt: .*columns changed from 3 to 4"),
         ("", "m.txt: expected"),
     ],
 )

@@ -176,3 +176,16 @@ def test_a_missing_file_is_an_os_error(tmp_path):
         read_vggface2_landmarks(tmp_path / "absent.csv")
     with pytest.raises(OSError):
         read_ijb_landmarks(tmp_path / "absent.txt")
+
+
+@pytest.mark.parametrize("read", [read_vggface2_landmarks, read_ijb_landmarks])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, read):
+    path = tmp_path / "landmarks.csv"
+    header = '"NAME_ID","P1X","P1Y","P2X","P2Y","P3X","P3Y","P4X","P4Y","P5X","P5Y"\n'
+    row = "caf\u00e9/1.jpg" + ",1" * 10 + ("\n" if read is read_vggface2_landmarks else " 0.9\n")
+    text = (header if read is read_vggface2_landmarks else "") + row
+    path.write_bytes(
+        text.replace(",", " " if read is read_ijb_landmarks else ",").encode("latin-1")
+    )
+    with pytest.raises(ValueError, match=r"landmarks\.csv' is not UTF-8 text .* save it as UTF-8"):
+        read(path)

@@ -92,6 +92,12 @@ def _pack(args: argparse.Namespace) -> int:
         existing = [p for p in (rec, rec.with_suffix(".idx")) if p.exists()]
         if existing:
             raise CommandError(f"{str(existing[0])!r} exists; pass --force to replace the pack")
+        prop = rec.parent / "property"
+        if prop.exists():  # one per folder: another pack's classes and image size
+            raise CommandError(
+                f"{str(prop)!r} exists (it describes the pack already in that folder); write "
+                "this pack to its own folder, or pass --force to replace it"
+            )
     tree = IdentityFolder(args.src_root)
 
     def items() -> Iterator[tuple[bytes, int]]:

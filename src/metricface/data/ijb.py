@@ -105,10 +105,16 @@ for _cls, _docs in (
 
 
 def _loadtxt(path: str, what: str, **kwargs) -> np.ndarray:
-    """``np.loadtxt`` whose errors name the file and what it was expected to hold."""
+    """``np.loadtxt`` whose errors name the file and what it was expected to hold.
+
+    Blank lines are skipped (NumPy warns about them; a trailing one is common) and a UTF-8
+    byte-order mark is dropped; an empty file is an error.
+    """
+    kwargs.setdefault("encoding", "utf-8-sig")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # "Empty input file" is a warning in NumPy
+            warnings.filterwarnings("ignore", message=".*contained no data")
+            warnings.filterwarnings("error", message=".*[Ee]mpty input")  # a warning in NumPy
             return np.loadtxt(path, ndmin=2, comments=None, **kwargs)
     except (ValueError, UserWarning) as exc:
         raise ValueError(f"{path}: expected {what}: {exc}") from None
@@ -156,12 +162,12 @@ def read_ijb_media(path: str | os.PathLike[str]) -> IJBMedia:
     path = _as_path(path)
     what = "lines 'image_name template_id media_id'"
     ids = _loadtxt(path, what, dtype=np.int64, usecols=(1, 2))
-    names = _loadtxt(path, what, dtype=str, usecols=(0,))[:, 0]
+    table = _loadtxt(path, what, dtype=str)  # every line's fields (a ragged line is an error)
     if ids.shape[0] == 0:
         raise ValueError(f"{path}: expected {what}, got an empty file")
-    extra = _loadtxt(path, what, dtype=str, usecols=None, max_rows=1)
-    if extra.shape[1] != 3:
-        raise ValueError(f"{path}: expected {what}, got {extra.shape[1]} fields on line 1")
+    if table.shape[1] != 3:
+        raise ValueError(f"{path}: expected {what}, got {table.shape[1]} fields per line")
+    names = np.ascontiguousarray(table[:, 0])
     return IJBMedia(names, np.ascontiguousarray(ids[:, 0]), np.ascontiguousarray(ids[:, 1]))
 
 
@@ -193,7 +199,8 @@ def read_ijb_pairs(path: str | os.PathLike[str]) -> IJBPairs:
     bad = np.flatnonzero(labels.view(np.uint64) > 1)  # neither 0 nor 1 (negatives wrap)
     if bad.size:
         raise ValueError(
-            f"{path}: labels must be 0 or 1, got {labels[bad[0]]} on line {bad[0] + 1}"
+            f"{path}: labels must be 0 or 1, got {labels[bad[0]]} in row {bad[0] + 1} (blank "
+            "lines not counted)"
         )
     return IJBPairs(data[:, 0], data[:, 1], labels == 1)  # column views: no 250 MB copy
 

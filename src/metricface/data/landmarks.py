@@ -22,11 +22,12 @@ are parsed by NumPy's C reader: the 3.1 million rows of VGGFace2's training file
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,22 @@ class LandmarkTable(NamedTuple):
     points: np.ndarray
     #: ``(N,)`` float32 detector scores, or ``None`` where the file has none.
     scores: np.ndarray | None
+
+
+def _decode_errors_named(read: Callable[[Any], LandmarkTable]) -> Callable[[Any], LandmarkTable]:
+    """A reader whose ``UnicodeDecodeError`` becomes a ``ValueError`` naming the file."""
+
+    @functools.wraps(read)
+    def reader(path: str | os.PathLike[str]) -> LandmarkTable:
+        try:
+            return read(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                "as UTF-8"
+            ) from None
+
+    return reader
 
 
 def _fast(
@@ -115,6 +132,7 @@ def _parse(
     return names, np.array(values, dtype=np.float64).reshape(len(values), width - 1)
 
 
+@_decode_errors_named
 def read_vggface2_landmarks(path: str | os.PathLike[str]) -> LandmarkTable:
     """Read VGGFace2's ``loose_landmark_*.csv``.
 
@@ -175,6 +193,7 @@ def read_vggface2_landmarks(path: str | os.PathLike[str]) -> LandmarkTable:
     return LandmarkTable(names, values.astype(np.float32).reshape(-1, 5, 2), None)
 
 
+@_decode_errors_named
 def read_ijb_landmarks(path: str | os.PathLike[str]) -> LandmarkTable:
     """Read IJB-B/IJB-C's ``*_name_5pts_score.txt``.
 
