@@ -129,7 +129,11 @@ def test_an_interrupted_run_leaves_no_partial_file_and_resumes(raw_tree, capsys,
     err = capsys.readouterr().err
     assert "interrupted after 2 crops written" in err and "run the same command again" in err
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["n000001/0001_01.jpg", "n000001/0002_01.jpg"]  # no temporary file, no list
+    assert files == [  # no temporary file, no list; the settings the crops were made with
+        align_tool.SETTINGS_FILE,
+        "n000001/0001_01.jpg",
+        "n000001/0002_01.jpg",
+    ]
     # a run killed outright leaves its hidden temporary file: never taken for a finished crop
     stale = out / "n000001" / ".0003_01.jpg.4242.tmp"
     stale.write_bytes(b"half a jpeg")
@@ -175,7 +179,7 @@ def test_ijb_landmarks_and_a_flat_folder_are_recognised(tmp_path, capsys):
     assert run(crops, meta, tmp_path / "out", "--workers", 1, "--size", 224) == 0
     assert counts(capsys.readouterr().out)["written"] == 3
     out = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert out == ["1.jpg", "10.jpg", "2.jpg"]
+    assert out == [align_tool.SETTINGS_FILE, "1.jpg", "10.jpg", "2.jpg"]
     assert Image.open(tmp_path / "out" / "10.jpg").size == (224, 224)
 
 
@@ -230,3 +234,22 @@ def test_a_landmark_file_of_another_split_is_refused(raw_tree, tmp_path, capsys)
     assert run(raw, other, out) == 2
     err = capsys.readouterr().err
     assert "none of the 8 images under" in err and "'n009999/0001_01'" in err
+
+
+def test_a_rerun_with_other_settings_is_refused_instead_of_mixing_crops(raw_tree, capsys):
+    raw, landmarks, out = raw_tree
+    run(raw, landmarks, out, "--workers", 1, "--no-progress")
+    capsys.readouterr()
+    crops = {p: p.read_bytes() for p in out.rglob("*.jpg")}
+    assert run(raw, landmarks, out, "--workers", 1, "--no-progress", "--size", 224) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metricface align: error: ") and err.count("\n") == 1
+    assert "--size 112 (this run: 224)" in err
+    other = landmarks.with_name("other.csv")
+    other.write_text(landmarks.read_text() + "\n")  # the same rows, but not the same file
+    assert run(raw, other, out, "--workers", 1, "--no-progress") == 2
+    assert "another LANDMARKS file" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*.jpg")} == crops  # nothing rewritten
+    # the same settings resume as before
+    assert run(raw, landmarks, out, "--workers", 1, "--no-progress") == 1
+    assert counts(capsys.readouterr().out)["skipped (already done)"] == 5

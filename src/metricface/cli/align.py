@@ -30,6 +30,8 @@ aligned: NaN, coincident or collinear points; listed with the reason in
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import sys
@@ -48,6 +50,7 @@ HELP = {
 
 MISSING_FILE = "missing_landmarks.txt"
 FAILED_FILE = "failed_images.txt"
+SETTINGS_FILE = ".align.json"  # what made the crops in DST_ROOT: a resumed run must match it
 _CHUNK = 32  # images per task: small, so that Ctrl-C returns within a fraction of a second
 _TMP = re.compile(r"^\..+\.jpg\.\d+\.tmp$")
 _UNDECODABLE = "cannot decode"
@@ -187,6 +190,45 @@ def _check_args(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return src, landmarks, dst
 
 
+def _settings(args: argparse.Namespace, landmarks: Path) -> dict[str, Any]:
+    """What decides the crops: their size, JPEG quality and the landmark file's content."""
+    digest = hashlib.sha256()
+    with open(landmarks, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": args.size, "quality": args.quality, "landmarks_sha256": digest.hexdigest()}
+
+
+def _check_settings(dst: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add crops to ``dst`` made otherwise than those there; record the settings."""
+    path = dst / SETTINGS_FILE
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        before = None
+    except (OSError, ValueError):
+        raise CommandError(
+            f"{str(path)!r} is unreadable; remove it to align into DST_ROOT"
+        ) from None
+    if before is not None and before != settings:
+        names = {"size": "--size", "quality": "--quality", "landmarks_sha256": "LANDMARKS"}
+        changed = [
+            f"{names.get(key, key)} {before.get(key)} (this run: {settings[key]})"
+            if key != "landmarks_sha256"
+            else "another LANDMARKS file"
+            for key in settings
+            if before.get(key) != settings[key]
+        ]
+        raise CommandError(
+            f"DST_ROOT {str(dst)!r} holds crops made with {', '.join(changed)}; this run would "
+            f"mix them with others: use another DST_ROOT (or delete {str(path)!r} to mix them)"
+        )
+    if before is None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings))
+        tmp.rename(path)  # atomic; there is no file to replace
+
+
 def _finished(dst: Path) -> set[str]:
     """Crops already under ``dst`` (paths without ``.jpg``); removes stale temporary files."""
     finished = set()
@@ -240,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
     dst.mkdir(parents=True, exist_ok=True)
     finished = _finished(dst)
+    _check_settings(dst, _settings(args, landmarks_path))
     todo = [stem for stem in rows if stem not in finished]
     skipped = len(rows) - len(todo)
 
