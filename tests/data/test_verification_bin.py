@@ -241,3 +241,25 @@ def test_corrupted_files_fail_with_a_named_error(tmp_path_factory, cuts, layout)
         load_verification_bin(path)
     except (ValueError, ImageDecodeError) as exc:
         assert "x.bin" in str(exc)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # BUILD with a slot state on the numpy.ndarray stand-in: setattr(ndarray, "pwn", 1)
+        b"\x80\x02cnumpy\nndarray\nN}X\x03\x00\x00\x00pwnq\x01K\x01s\x86b.",
+        # BUILD on the _codecs.encode stand-in: replace its default encoding
+        b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__(X\x06\x00\x00\x00latin1tq\x01s\x86b.",
+    ],
+)
+def test_a_pickle_cannot_change_what_later_loads_admit(tmp_path, payload):
+    # the admitted stand-ins are shared by every load in the process: a file must not be
+    # able to set their attributes
+    path = tmp_path / "evil.bin"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError, match="is not admitted"):
+        load_verification_bin(path)
+    from metricface.data import verification_bin as vb
+
+    assert not hasattr(vb._NDArrayType, "pwn")
+    assert vb._ALLOWED[("_codecs", "encode")]._function.__defaults__ == ("utf-8",)

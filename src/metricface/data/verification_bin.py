@@ -48,6 +48,31 @@ class _Forbidden(pickle.UnpicklingError):
     """A global outside the allow-list (raised from ``find_class``, before any call)."""
 
 
+class _Sealed(type):
+    """Metaclass of the admitted stand-in classes: a pickle's BUILD cannot set their attributes
+    (which would outlive the load, e.g. widen what a later load admits)."""
+
+    def __setattr__(cls, name: str, value: object) -> None:
+        raise pickle.UnpicklingError(f"setting attributes of {cls.__name__} is not admitted")
+
+
+class _SealedFunction:
+    """An admitted function whose attributes (``__defaults__``...) a pickle cannot set."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Any) -> None:
+        object.__setattr__(self, "_function", function)
+
+    def __call__(self, *args: object) -> Any:
+        return self._function(*args)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise pickle.UnpicklingError(
+            f"setting attributes of {self._function.__name__} is not admitted"
+        )
+
+
 def _text(value: object) -> str | None:
     """Python 2 ``str`` arrives as ``bytes`` (``encoding="bytes"``); Python 3 ``str`` as is."""
     if isinstance(value, bytes):
@@ -66,7 +91,7 @@ def _latin1(text: object, encoding: object = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
-class _Dtype:
+class _Dtype(metaclass=_Sealed):
     """Stand-in for ``numpy.dtype``: plain bool / integer / float dtypes only."""
 
     _SPEC = re.compile(r"^[biuf]\d{1,2}$")
@@ -92,7 +117,7 @@ class _Dtype:
             self.dtype = self.dtype.newbyteorder(order)
 
 
-class _NDArrayType:
+class _NDArrayType(metaclass=_Sealed):
     """Stand-in for the ``numpy.ndarray`` class (only passed on to ``_reconstruct``)."""
 
 
@@ -147,12 +172,15 @@ def _scalar(dtype: object, data: object = b"") -> Any:
     return _array_from_bytes(data, dtype, (), False)[()]
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1, ("numpy", "dtype"): _Dtype}
-_ALLOWED[("numpy", "ndarray")] = _NDArrayType
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _SealedFunction(_latin1),
+    ("numpy", "dtype"): _Dtype,
+    ("numpy", "ndarray"): _NDArrayType,
+}
 for _core in ("numpy.core", "numpy._core"):
-    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
-    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _scalar
-    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _frombuffer
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _SealedFunction(_reconstruct)
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _SealedFunction(_scalar)
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _SealedFunction(_frombuffer)
 
 
 class _BinUnpickler(pickle.Unpickler):
