@@ -176,6 +176,41 @@ def _distinct(rows: np.ndarray, ids: np.ndarray, name: str) -> None:
 # --------------------------------------------------------------------------- pooling
 
 
+def _template_sums(
+    x: torch.Tensor,
+    t_row: np.ndarray,
+    n_templates: int,
+    scale: np.ndarray,
+    normalize_images: bool,
+    device: torch.device,
+    chunk_rows: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``(T, D)`` sums of ``scale * image`` (unit images with ``normalize_images``) per template."""
+    scale_t = torch.from_numpy(scale).to(dtype)
+    out = torch.zeros((n_templates, x.shape[1]), dtype=dtype, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        for start in range(0, x.shape[0], chunk_rows):
+            chunk = x[start : start + chunk_rows].to(device=device, dtype=dtype)
+            if normalize_images:  # exact directions at any finite norm; zero rows stay zero
+                chunk = unit_rows(chunk)[0]
+            # template = sum of scale * image over its images: one sparse (T x chunk) product
+            rows = t_row[start : start + chunk_rows]
+            order = np.argsort(rows, kind="stable")
+            crow = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_templates))))
+            sums = torch.sparse_csr_tensor(
+                torch.from_numpy(crow),
+                torch.from_numpy(order),
+                scale_t[start : start + chunk_rows][torch.from_numpy(order)],
+                size=(n_templates, chunk.shape[0]),
+                check_invariants=False,
+            ).to(device)
+            with torch.autocast(device.type, enabled=False):
+                out += sums @ chunk
+    return out
+
+
 def _pool(
     x: torch.Tensor,
     templates: np.ndarray,
@@ -194,33 +229,15 @@ def _pool(
     scale = 1.0 / counts[group]  # mean over the media, then a plain sum over media
     if weights is not None:
         scale = scale * weights
-    # float64 sums: a float32 sum of finite features (or weights) can overflow, and a float32
-    # norm overflows beyond 1.8e19 and underflows below 1e-19 per entry
-    acc = torch.float64
-    scale_t = torch.from_numpy(scale)
-    out = torch.zeros((unique.shape[0], x.shape[1]), dtype=acc, device=device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        for start in range(0, x.shape[0], chunk_rows):
-            chunk = x[start : start + chunk_rows].to(device=device, dtype=acc)
-            s = scale_t[start : start + chunk_rows]
-            if normalize_images:
-                norm = torch.linalg.vector_norm(chunk, dim=1).cpu()
-                s = torch.where(norm > 0, s / norm, torch.zeros_like(s))
-            # template = sum of scale * image over its images: one sparse (T x chunk) product
-            rows = t_row[start : start + chunk_rows]
-            order = np.argsort(rows, kind="stable")
-            crow = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=unique.shape[0]))))
-            sums = torch.sparse_csr_tensor(
-                torch.from_numpy(crow),
-                torch.from_numpy(order),
-                s[torch.from_numpy(order)],
-                size=(unique.shape[0], chunk.shape[0]),
-                check_invariants=False,
-            ).to(device)
-            with torch.autocast(device.type, enabled=False):
-                out += sums @ chunk
-    if not bool(torch.isfinite(out).all()):
+    # in the features' dtype; again in float64 only when a sum overflows it (finite features
+    # or weights whose sums pass float32's range)
+    for dtype in dict.fromkeys((x.dtype, torch.float64)):
+        out = _template_sums(
+            x, t_row, unique.shape[0], scale, normalize_images, device, chunk_rows, dtype
+        )
+        if bool(torch.isfinite(out).all()):
+            break
+    else:
         raise ValueError(
             "features times weights overflow float64 when summed into templates; scale them "
             "down (only their directions matter)"
