@@ -199,18 +199,21 @@ def _settings(args: argparse.Namespace, landmarks: Path) -> dict[str, Any]:
     return {"size": args.size, "quality": args.quality, "landmarks_sha256": digest.hexdigest()}
 
 
-def _check_settings(dst: Path, settings: dict[str, Any]) -> None:
-    """Refuse to add crops to ``dst`` made otherwise than those there; record the settings."""
+def _check_settings(dst: Path, settings: dict[str, Any]) -> bool:
+    """Refuse to add crops to ``dst`` made otherwise than those there (before any work).
+
+    Returns whether ``dst`` already records these settings.
+    """
     path = dst / SETTINGS_FILE
     try:
         before = json.loads(path.read_text())
     except FileNotFoundError:
-        before = None
+        return False
     except (OSError, ValueError):
         raise CommandError(
             f"{str(path)!r} is unreadable; remove it to align into DST_ROOT"
         ) from None
-    if before is not None and before != settings:
+    if before != settings:
         names = {"size": "--size", "quality": "--quality", "landmarks_sha256": "LANDMARKS"}
         changed = [
             f"{names.get(key, key)} {before.get(key)} (this run: {settings[key]})"
@@ -223,10 +226,14 @@ def _check_settings(dst: Path, settings: dict[str, Any]) -> None:
             f"DST_ROOT {str(dst)!r} holds crops made with {', '.join(changed)}; this run would "
             f"mix them with others: use another DST_ROOT (or delete {str(path)!r} to mix them)"
         )
-    if before is None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(settings))
-        tmp.rename(path)  # atomic; there is no file to replace
+    return True
+
+
+def _record_settings(dst: Path, settings: dict[str, Any]) -> None:
+    path = dst / SETTINGS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings))
+    tmp.rename(path)  # atomic; there is no file to replace
 
 
 def _finished(dst: Path) -> set[str]:
@@ -249,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     src, landmarks_path, dst = _check_args(args)
+    settings = _settings(args, landmarks_path)
+    recorded = _check_settings(dst, settings)  # before scanning SRC_ROOT and parsing landmarks
     table = _read_landmarks(landmarks_path, args.format)
 
     images: dict[str, str] = {}  # path without extension -> extension
@@ -282,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
 
     dst.mkdir(parents=True, exist_ok=True)
     finished = _finished(dst)
-    _check_settings(dst, _settings(args, landmarks_path))
+    if not recorded:
+        _record_settings(dst, settings)
     todo = [stem for stem in rows if stem not in finished]
     skipped = len(rows) - len(todo)
 
